@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh machine: system packages, a virtualenv, the project.
+# Safe to run again; it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v mosquitto >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto openssl >/dev/null
+  else
+    echo "mosquitto is missing: run 'sudo apt-get install mosquitto' (needed by the integration tests)" >&2
+  fi
+fi
+if [ ! -x .venv/bin/python ]; then
+  python3.11 -m venv .venv
+fi
+# hnswlib compiles from source; keep the binary portable across CPUs.
+export HNSWLIB_NO_NATIVE=1
+.venv/bin/pip install -q --disable-pip-version-check --upgrade "pip>=24"
+.venv/bin/pip install -q --disable-pip-version-check -e ".[dev]"

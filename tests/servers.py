@@ -1,0 +1,186 @@
+"""Real local servers for integration tests: mosquitto with mutual TLS (the IoT Core
+stand-in) and moto in server mode (S3, DynamoDB, SNS). See ../shared/docs/local-aws.md.
+
+Used through the fixtures in conftest.py. Each server binds 127.0.0.1 on a free port.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+@dataclass(frozen=True)
+class ClientCert:
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A throwaway CA with a server certificate and device certificates, plus a rogue CA."""
+
+    directory: Path
+    ca: Path
+    server: ClientCert
+    device: ClientCert  # CN=test-thing, signed by the trusted CA
+    backend: ClientCert  # CN=cloud-backend, the local cloud's subscriber
+    rogue_device: ClientCert  # CN=test-thing, signed by another CA
+
+    @classmethod
+    def create(cls, directory: Path) -> Pki:
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o755)  # mosquitto may drop privileges before reading the files
+
+        def make_ca(name: str) -> tuple[Path, Path]:
+            key, crt = directory / f"{name}.key", directory / f"{name}.crt"
+            _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
+                     "-keyout", str(key), "-out", str(crt))  # fmt: skip
+            return crt, key
+
+        def issue(name: str, cn: str, ca: tuple[Path, Path], ext: str) -> ClientCert:
+            key, csr, crt, extfile = (directory / f"{name}.{s}" for s in ("key", "csr", "crt", "ext"))
+            _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", str(key), "-out", str(csr))
+            extfile.write_text(ext)
+            _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial",
+                     "-days", "2", "-sha256", "-extfile", str(extfile), "-out", str(crt))  # fmt: skip
+            return ClientCert(crt, key)
+
+        ca = make_ca("test-ca")
+        rogue_ca = make_ca("rogue-ca")
+        server = issue("server", "localhost", ca, "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+        device = issue("device", "test-thing", ca, "extendedKeyUsage=clientAuth\n")
+        backend = issue("backend", "cloud-backend", ca, "extendedKeyUsage=clientAuth\n")
+        rogue = issue("rogue", "test-thing", rogue_ca, "extendedKeyUsage=clientAuth\n")
+        for path in directory.iterdir():
+            path.chmod(0o644)
+        return cls(directory, ca[0], server, device, backend, rogue)
+
+
+class Mosquitto:
+    """A mosquitto broker requiring client certificates, like AWS IoT Core.
+
+    ``stop()`` and ``start()`` keep the same port, so tests can simulate an uplink outage.
+    """
+
+    def __init__(self, pki: Pki, workdir: Path) -> None:
+        if shutil.which("mosquitto") is None:
+            raise RuntimeError("mosquitto is not installed: run scripts/setup.sh (apt-get install mosquitto)")
+        self.pki = pki
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.workdir = workdir
+        self.config = workdir / "mosquitto.conf"
+        self.log = workdir / "mosquitto.log"
+        user = "user root\n" if os.geteuid() == 0 else ""
+        self.config.write_text(
+            f"{user}per_listener_settings true\npersistence false\nlog_dest stderr\n"
+            f"listener {self.port} 127.0.0.1\ncafile {pki.ca}\ncertfile {pki.server.cert}\nkeyfile {pki.server.key}\n"
+            "require_certificate true\nuse_identity_as_username true\nallow_anonymous false\n"
+            "max_qos 1\nmax_packet_size 131072\n"
+        )
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        if self.process is not None:
+            return
+        self.process = subprocess.Popen(
+            ["mosquitto", "-c", str(self.config)], stderr=open(self.log, "ab"), stdout=subprocess.DEVNULL
+        )
+        try:
+            wait_for_port(self.port)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"mosquitto did not start: {self.log.read_text()[-2000:]}") from None
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def client_settings(self, cert: ClientCert | None = None) -> dict[str, str | int]:
+        cert = cert or self.pki.device
+        return {
+            "host": self.host,
+            "port": self.port,
+            "ca": str(self.pki.ca),
+            "cert": str(cert.cert),
+            "key": str(cert.key),
+        }
+
+
+class MotoServer:
+    """moto in server mode; boto3 reaches it through AWS_ENDPOINT_URL."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / "moto.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.url}/moto-api/data.json", timeout=1).ok:
+                    return
+            except requests.RequestException:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"moto server did not start: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+            self.process = None
+
+    def reset(self) -> None:
+        requests.post(f"{self.url}/moto-api/reset", timeout=10).raise_for_status()
+
+    def sent_sms(self) -> list[dict]:
+        data = requests.get(f"{self.url}/moto-api/data.json", timeout=10).json()
+        return data.get("sns", {}).get("SMS", [])
