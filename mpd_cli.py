@@ -7,19 +7,19 @@ import importlib
 
 import click
 
-# command name -> "module:attribute" of a click command or group.
-COMMANDS: dict[str, str] = {
-    "models": "models.cli:models_group",
-    "identify": "edge_app.identify:identify_command",
-    "edge": "edge_app.cli:edge_group",
-    "sync": "edge_app.gallery.sync_agent:sync_command",
-    "gallery": "sync_service.gallery.cli:gallery_group",
-    "keys": "sync_service.gallery.signing:keys_group",
-    "ingest": "sync_service.ingest.cli:ingest_command",
-    "dev": "sync_service.dev_servers.cli:dev_group",
-    "cloud": "sync_service.alerts.cli:cloud_group",
-    "greengrass": "greengrass.cli:greengrass_group",
-    "demo": "demo.run:demo_command",
+# command name -> ("module:attribute" of a click command or group, one-line help).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("models.cli:models_group", "Check the pinned face models."),
+    "identify": ("edge_app.identify:identify_command", "Identify faces in photos against a gallery bundle."),
+    "edge": ("edge_app.cli:edge_group", "Run the device pipeline."),
+    "sync": ("edge_app.gallery.sync_agent:sync_command", "Fetch, verify and install the latest gallery."),
+    "gallery": ("sync_service.gallery.cli:gallery_group", "Build and publish gallery bundles (cloud)."),
+    "keys": ("sync_service.gallery.signing:keys_group", "Make gallery signing keys (cloud)."),
+    "ingest": ("sync_service.ingest.cli:ingest_command", "Ingest cases from a public source (cloud)."),
+    "dev": ("sync_service.dev_servers.cli:dev_group", "Local stand-ins for the source APIs."),
+    "cloud": ("sync_service.alerts.cli:cloud_group", "Run the alert path locally."),
+    "greengrass": ("greengrass.cli:greengrass_group", "Package for AWS IoT Greengrass v2."),
+    "demo": ("demo.run:demo_command", "The whole chain on one machine, no AWS account."),
 }
 
 
@@ -31,8 +31,13 @@ class LazyGroup(click.Group):
         target = COMMANDS.get(name)
         if target is None:
             return None
-        module_name, attribute = target.split(":")
+        module_name, attribute = target[0].split(":")
         return getattr(importlib.import_module(module_name), attribute)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # List commands from the table so that --help imports nothing.
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, help_text) for name, (_, help_text) in sorted(COMMANDS.items())])
 
 
 @click.group(cls=LazyGroup)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -35,7 +35,7 @@ def health_topic(device_id: str) -> str:
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class MatchEvent(BaseModel):
@@ -66,7 +66,7 @@ class MatchEvent(BaseModel):
     def _must_be_aware(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
             raise ValueError("timestamp must carry a UTC offset (ISO 8601 with 'Z' or '+00:00')")
-        return value.astimezone(timezone.utc)
+        return value.astimezone(UTC)
 
     @field_validator("crop_jpeg_b64")
     @classmethod

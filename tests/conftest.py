@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import MotoServer, Mosquitto, Pki
+from tests.servers import Mosquitto, MotoServer, Pki
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("MPD_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -69,7 +69,9 @@ class Pki:
 
         def issue(name: str, cn: str, ca: tuple[Path, Path], ext: str) -> ClientCert:
             key, csr, crt, extfile = (directory / f"{name}.{s}" for s in ("key", "csr", "crt", "ext"))
-            _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", str(key), "-out", str(csr))
+            _openssl(
+                "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", str(key), "-out", str(csr)
+            )
             extfile.write_text(ext)
             _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial",
                      "-days", "2", "-sha256", "-extfile", str(extfile), "-out", str(crt))  # fmt: skip
@@ -77,7 +79,9 @@ class Pki:
 
         ca = make_ca("test-ca")
         rogue_ca = make_ca("rogue-ca")
-        server = issue("server", "localhost", ca, "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+        server = issue(
+            "server", "localhost", ca, "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+        )
         device = issue("device", "test-thing", ca, "extendedKeyUsage=clientAuth\n")
         backend = issue("backend", "cloud-backend", ca, "extendedKeyUsage=clientAuth\n")
         rogue = issue("rogue", "test-thing", rogue_ca, "extendedKeyUsage=clientAuth\n")

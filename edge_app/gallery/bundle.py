@@ -23,7 +23,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -82,7 +82,7 @@ class Manifest(BaseModel):
     kind: Literal["full", "delta"] = "full"
     gallery_version: str = Field(min_length=1, max_length=64)
     base_version: str | None = None  # delta bundles only
-    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     detector: ModelRef
     embedder: ModelRef
     metric: Literal["cosine"] = "cosine"
@@ -171,8 +171,7 @@ def write_bundle(
     for name, data in payloads.items():
         atomic_write_bytes(out_dir / name, data)
     files = {
-        name: FileEntry(size=len(data), sha256=hashlib.sha256(data).hexdigest())
-        for name, data in payloads.items()
+        name: FileEntry(size=len(data), sha256=hashlib.sha256(data).hexdigest()) for name, data in payloads.items()
     }
     counts = {"vectors": int(vectors.shape[0]), "persons": len(persons)}
     if removed is not None:
