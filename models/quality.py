@@ -1,0 +1,83 @@
+"""The quality gate: which detected faces are good enough to embed and search.
+
+A bad crop (tiny, blurred, turned away) gives an embedding that lands anywhere,
+which is how a stranger scores high. The gate refuses such faces and records why.
+Measures come from the box, the five landmarks and the aligned 112x112 crop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from models.faces import Face
+
+
+@dataclass(frozen=True)
+class QualityPolicy:
+    """Limits a face must meet. Defaults measured on the shared real photos (docs/recognition.md)."""
+
+    min_face_px: float = 32.0  # shorter side of the box; SFace aligns to 112 px
+    min_score: float = 0.75  # YuNet confidence
+    min_sharpness: float = 25.0  # variance of the Laplacian on the aligned grey crop
+    max_yaw: float = 0.45  # nose offset from the eye midpoint, in eye distances
+    max_roll_deg: float = 40.0  # eye-line angle (alignment removes roll, but extreme roll is rare and odd)
+    pitch_range: tuple[float, float] = (0.15, 0.85)  # nose height between eye and mouth lines
+
+
+DEFAULT_POLICY = QualityPolicy()
+
+
+def pose(landmarks: np.ndarray) -> tuple[float, float, float]:
+    """(yaw, pitch, roll_deg) estimated from the five landmarks; (0, 0.5, 0) is frontal."""
+    eye_a, eye_b, nose, mouth_a, mouth_b = landmarks.astype(np.float64)
+    eye_mid = (eye_a + eye_b) / 2
+    mouth_mid = (mouth_a + mouth_b) / 2
+    eye_vector = eye_b - eye_a
+    eye_distance = float(np.hypot(*eye_vector)) or 1e-6
+    roll = float(np.degrees(np.arctan2(eye_vector[1], eye_vector[0])))
+    # Work in the face's own frame so that roll does not look like yaw.
+    axis_x = eye_vector / eye_distance
+    axis_y = np.array([-axis_x[1], axis_x[0]])
+    yaw = float(np.dot(nose - eye_mid, axis_x) / eye_distance)
+    eye_to_mouth = float(np.dot(mouth_mid - eye_mid, axis_y)) or 1e-6
+    pitch = float(np.dot(nose - eye_mid, axis_y) / eye_to_mouth)
+    return yaw, pitch, roll
+
+
+def sharpness(aligned_bgr: np.ndarray) -> float:
+    """Variance of the Laplacian over the aligned crop: low means blurred."""
+    gray = cv2.cvtColor(aligned_bgr, cv2.COLOR_BGR2GRAY)
+    return float(cv2.Laplacian(gray, cv2.CV_64F).var())
+
+
+def assess(face: Face, aligned_bgr: np.ndarray, policy: QualityPolicy = DEFAULT_POLICY) -> None:
+    """Fill ``face.quality`` and set ``face.rejected`` to the first failed check (or None)."""
+    yaw, pitch, roll = pose(face.landmarks)
+    size = float(min(face.box[2], face.box[3]))
+    sharp = sharpness(aligned_bgr)
+    face.quality = {
+        "size_px": round(size, 1),
+        "score": round(float(face.score), 3),
+        "sharpness": round(sharp, 1),
+        "yaw": round(yaw, 3),
+        "pitch": round(pitch, 3),
+        "roll_deg": round(roll, 1),
+    }
+    reasons = []
+    if size < policy.min_face_px:
+        reasons.append(f"too small ({size:.0f} px < {policy.min_face_px:.0f})")
+    if face.score < policy.min_score:
+        reasons.append(f"low detector score ({face.score:.2f} < {policy.min_score:.2f})")
+    if abs(yaw) > policy.max_yaw:
+        reasons.append(f"turned sideways (yaw {yaw:+.2f}, limit {policy.max_yaw:.2f})")
+    if not policy.pitch_range[0] <= pitch <= policy.pitch_range[1]:
+        reasons.append(f"tilted up or down (pitch {pitch:.2f} outside {policy.pitch_range})")
+    if abs(roll) > policy.max_roll_deg:
+        reasons.append(f"head rolled {roll:+.0f} degrees (limit {policy.max_roll_deg:.0f})")
+    if sharp < policy.min_sharpness:
+        reasons.append(f"blurred (sharpness {sharp:.0f} < {policy.min_sharpness:.0f})")
+    face.rejected = "; ".join(reasons) or None
+    face.quality["passed"] = face.rejected is None
