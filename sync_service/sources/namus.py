@@ -1,0 +1,208 @@
+"""NamUs missing persons (www.namus.gov/api, undocumented; see docs/ingest.md).
+
+Listing: ``GET /api/CaseSets/NamUs/States``, then per state ``POST .../MissingPersons/Search``
+with an ``IsIn`` predicate on ``stateOfLastContact`` (the only operator that works),
+projections ``namus2Number`` and ``modifiedDateTime``, paged with take/skip.
+Detail: ``GET .../MissingPersons/Cases/{n}`` (404 = removed or unpublished).
+Photos: ``images[].files.original.href`` (built from ``identityId`` when absent).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from sync_service.http import HttpError, PoliteClient
+from sync_service.sources.base import (
+    SourceAdapter,
+    dig,
+    integer,
+    parse_date,
+    parse_datetime,
+    sex_of,
+    text,
+)
+from sync_service.sources.records import AgeRange, CaseSummary, MalformedCase, PersonRecord, PhotoRef
+
+log = logging.getLogger(__name__)
+
+API = "/api/CaseSets/NamUs"
+CASE_SET = "MissingPersons"
+# Photo categories that show the face (yokeay/baobeihuijia's PORTRAIT_CATEGORIES);
+# "Other" is often a tattoo, a vehicle or a poster.
+PORTRAIT_CATEGORIES = frozenset({"FacialCaseId", "ActualPhoto", "AgeProgression", "Composite"})
+# "take over ~2000 starts timing out" (sources.md); well under that.
+PAGE_SIZE = 500
+CASE_NUMBER = re.compile(r"^(?:MP)?(\d{1,9})$", re.IGNORECASE)
+
+
+def case_number(case_id: str | int) -> int:
+    """``MP4351``, ``4351`` or 4351 -> 4351."""
+    match = CASE_NUMBER.match(str(case_id).strip())
+    if not match:
+        raise ValueError(f"not a NamUs missing-person case id: {case_id!r} (expected e.g. MP4351 or 4351)")
+    return int(match.group(1))
+
+
+def parse_case(
+    data: Any, base_url: str = "https://www.namus.gov", categories: frozenset[str] | None = PORTRAIT_CATEGORIES
+) -> PersonRecord:
+    """A ``PersonRecord`` from a NamUs ``Cases/{id}`` body (2025 or the older flat shape).
+
+    ``categories`` None keeps every public photo. Raises ``MalformedCase``.
+    """
+    if not isinstance(data, dict):
+        raise MalformedCase("namus", "?", f"case body is {type(data).__name__}, not an object")
+    number = integer(data.get("id"))
+    label = str(data.get("idFormatted") or data.get("id") or "?")
+    if number is None:
+        raise MalformedCase("namus", label, "no numeric 'id'")
+    case_id = f"MP{number}"
+    subject = data.get("subjectIdentification")
+    if not isinstance(subject, dict):
+        raise MalformedCase("namus", case_id, "no 'subjectIdentification' (not a missing-person case?)")
+    name = " ".join(filter(None, (text(subject.get(k)) for k in ("firstName", "middleName", "lastName"))))
+    if not name:
+        raise MalformedCase("namus", case_id, "no name in 'subjectIdentification'")
+    images = data.get("images", [])
+    if not isinstance(images, list):
+        raise MalformedCase("namus", case_id, f"'images' is {type(images).__name__}, not a list")
+
+    sighting = data.get("sighting") if isinstance(data.get("sighting"), dict) else {}
+    try:
+        record = PersonRecord(
+            source="namus",
+            case_id=case_id,
+            name=name,
+            sex=sex_of(dig(data, "subjectDescription", "sex", "name")),
+            age_now=AgeRange.of(integer(subject.get("currentMinAge")), integer(subject.get("currentMaxAge"))),
+            age_when_missing=AgeRange.of(
+                integer(subject.get("computedMissingMinAge", subject.get("missingMinAge"))),
+                integer(subject.get("computedMissingMaxAge", subject.get("missingMinAge"))),
+            ),
+            last_seen_date=parse_date(sighting.get("date"), "sighting.date", case_id),
+            last_seen_place=_place(sighting),
+            modified=parse_datetime(data.get("modifiedDateTime"), "modifiedDateTime", case_id),
+            resolved=bool(data.get("caseIsResolved"))
+            or dig(data, "publicationStatus", "name") not in (None, "Published"),
+            photos=tuple(_photos(images, number, base_url, categories, case_id)),
+            url=f"{base_url.rstrip('/')}/{CASE_SET}/Case#/{number}",
+        )
+    except ValueError as error:  # pydantic's ValidationError is a ValueError
+        raise MalformedCase("namus", case_id, str(error)) from None
+    return record
+
+
+def _place(sighting: dict) -> str | None:
+    address = sighting.get("address")
+    if isinstance(address, dict):  # 2024/2025 shape
+        city = text(address.get("city"))
+        state = text(dig(address, "state", "displayName")) or text(dig(address, "state", "name"))
+    else:  # older flat shape: city, state (a string), stateDisplayName
+        city = text(sighting.get("city"))
+        state = text(sighting.get("stateDisplayName")) or text(sighting.get("state"))
+    place = ", ".join(filter(None, (city, state)))
+    return place or text(dig(sighting, "publicGeolocation", "formattedAddress"))
+
+
+def _photos(
+    images: list, number: int, base_url: str, categories: frozenset[str] | None, case_id: str
+) -> Iterator[PhotoRef]:
+    for image in images:
+        if not isinstance(image, dict):
+            log.warning("case %s: ignoring an image entry that is %s", case_id, type(image).__name__)
+            continue
+        if image.get("isPublic") is False:
+            continue
+        category = text(dig(image, "category", "name")) or ""
+        if categories is not None and category not in categories:
+            continue
+        identity = integer(image.get("identityId"))
+        href = text(dig(image, "files", "original", "href"))
+        if identity is None:
+            log.warning("case %s: ignoring an image without identityId", case_id)
+            continue
+        if href is None:  # the Search projection has no hrefs: build it as the web app does
+            href = f"{API}/{CASE_SET}/Cases/{number}/Images/{identity}/Original"
+        yield PhotoRef(
+            photo_id=str(identity),
+            url=href if "://" in href else base_url.rstrip("/") + "/" + href.lstrip("/"),
+            category=category,
+            mime_type=text(dig(image, "files", "original", "mimeType")),
+            caption=text(image.get("caption")),
+        )
+
+
+class NamusAdapter(SourceAdapter):
+    name = "namus"
+
+    def __init__(
+        self,
+        base_url: str = "https://www.namus.gov",
+        client: PoliteClient | None = None,
+        categories: frozenset[str] | None = PORTRAIT_CATEGORIES,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
+        super().__init__(base_url, client)
+        self.categories = categories
+        self.page_size = page_size
+
+    def states(self) -> list[dict]:
+        states = self.client.get_json(self.url(f"{API}/States"))
+        if not isinstance(states, list) or not all(isinstance(s, dict) and text(s.get("name")) for s in states):
+            raise HttpError(f"{API}/States: expected a list of objects with 'name'", self.url(f"{API}/States"))
+        return states
+
+    def list_scopes(self, wanted: list[str] | None = None) -> list[str]:
+        states = self.states()
+        if not wanted:
+            return [s["name"] for s in states]
+        by_label = {}
+        for state in states:
+            for label in (state.get("name"), state.get("displayName")):
+                if text(label):
+                    by_label[label.strip().lower()] = state["name"]
+        unknown = [w for w in wanted if w.strip().lower() not in by_label]
+        if unknown:
+            raise ValueError(f"unknown NamUs state(s) {unknown}; known: {sorted(s['name'] for s in states)}")
+        return list(dict.fromkeys(by_label[w.strip().lower()] for w in wanted))
+
+    def list_scope(self, scope: str) -> Iterator[CaseSummary]:
+        url = self.url(f"{API}/{CASE_SET}/Search")
+        skip = 0
+        while True:
+            body = {
+                "take": self.page_size,
+                "skip": skip,
+                "projections": ["namus2Number", "modifiedDateTime"],
+                "predicates": [{"field": "stateOfLastContact", "operator": "IsIn", "values": [scope]}],
+                "orderSpecifications": [{"field": "namus2Number", "direction": "Ascending"}],
+            }
+            page = self.client.post_json(url, body)
+            results = page.get("results") if isinstance(page, dict) else None
+            if not isinstance(results, list):
+                raise HttpError(f"POST {url} ({scope}): response has no 'results' list", url)
+            for row in results:
+                number = integer(row.get("namus2Number")) if isinstance(row, dict) else None
+                if number is None:
+                    log.warning("NamUs search (%s): ignoring a result without namus2Number: %.100r", scope, row)
+                    continue
+                yield CaseSummary(
+                    case_id=f"MP{number}",
+                    modified=parse_datetime(row.get("modifiedDateTime"), "modifiedDateTime", f"MP{number}"),
+                    scope=scope,
+                )
+            skip += len(results)
+            total = integer(page.get("count"))
+            if not results or (total is not None and skip >= total):
+                return
+
+    def fetch_case(self, case_id: str) -> PersonRecord | None:
+        url = self.url(f"{API}/{CASE_SET}/Cases/{case_number(case_id)}")
+        response = self.client.get(url)
+        if response.status_code == 404:
+            return None
+        data = self.client._json(response, "GET", url)
+        return parse_case(data, self.base_url, self.categories)
