@@ -1,0 +1,151 @@
+"""Nearest-neighbour search over L2-normalised embeddings: one interface, two engines.
+
+- ``ExactSearch``: cosine by matrix product in numpy. Perfect recall; fast enough
+  up to a few hundred thousand vectors (benchmarks/bench_search.py).
+- ``HnswSearch``: an hnswlib graph, for galleries where exact search is too slow.
+
+``choose_search`` picks one by gallery size; the choice and its parameters go into
+the bundle manifest (``SearchSpec``) so every device searches the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from edge_app.gallery.bundle import SearchSpec
+
+# Measured in benchmarks/bench_search.py (docs/recognition.md): exact search of one
+# query stays within a few milliseconds up to about this many vectors on one core.
+EXACT_MAX_VECTORS = 300_000
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 200
+HNSW_EF_SEARCH = 200
+
+
+class SearchEngine(Protocol):
+    size: int
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` rows per query: (similarities [q, k] descending, row indices [q, k])."""
+
+
+def _as_queries(queries: np.ndarray, dimension: int) -> np.ndarray:
+    queries = np.asarray(queries, dtype=np.float32)
+    if queries.ndim == 1:
+        queries = queries[None, :]
+    if queries.ndim != 2 or queries.shape[1] != dimension:
+        raise ValueError(f"queries must have shape (n, {dimension}), got {queries.shape}")
+    return queries
+
+
+class ExactSearch:
+    """Brute-force cosine search (vectors are unit length, so cosine is a dot product)."""
+
+    def __init__(self, vectors: np.ndarray):
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.size, self.dimension = self.vectors.shape
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        queries = _as_queries(queries, self.dimension)
+        k = min(k, self.size)
+        if k <= 0:
+            empty = np.empty((len(queries), 0))
+            return empty.astype(np.float32), empty.astype(np.int64)
+        scores = queries @ self.vectors.T
+        if k < self.size:
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        else:
+            top = np.broadcast_to(np.arange(self.size), (len(queries), self.size))
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        return np.take_along_axis(top_scores, order, axis=1), np.take_along_axis(top, order, axis=1).astype(np.int64)
+
+
+class HnswSearch:
+    """Approximate search with hnswlib (inner-product space on unit vectors)."""
+
+    def __init__(self, index, size: int, dimension: int, ef: int):
+        self.index = index
+        self.size = size
+        self.dimension = dimension
+        self.index.set_ef(ef)
+
+    @classmethod
+    def build(
+        cls,
+        vectors: np.ndarray,
+        m: int = HNSW_M,
+        ef_construction: int = HNSW_EF_CONSTRUCTION,
+        ef: int = HNSW_EF_SEARCH,
+        threads: int = -1,
+    ) -> HnswSearch:
+        import hnswlib
+
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        size, dimension = vectors.shape
+        index = hnswlib.Index(space="ip", dim=dimension)
+        index.init_index(max_elements=max(size, 1), M=m, ef_construction=ef_construction, random_seed=100)
+        if size:
+            index.add_items(vectors, np.arange(size), num_threads=threads)
+        return cls(index, size, dimension, ef)
+
+    @classmethod
+    def load(cls, path: Path, size: int, dimension: int, ef: int = HNSW_EF_SEARCH) -> HnswSearch:
+        import hnswlib
+
+        index = hnswlib.Index(space="ip", dim=dimension)
+        index.load_index(str(path), max_elements=max(size, 1))
+        if index.get_current_count() != size:
+            raise ValueError(f"{path}: index holds {index.get_current_count()} vectors, expected {size}")
+        return cls(index, size, dimension, ef)
+
+    def to_bytes(self) -> bytes:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "index.hnsw")
+            self.index.save_index(path)
+            return Path(path).read_bytes()
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        queries = _as_queries(queries, self.dimension)
+        k = min(k, self.size)
+        if k <= 0:
+            empty = np.empty((len(queries), 0))
+            return empty.astype(np.float32), empty.astype(np.int64)
+        # hnswlib needs ef >= k to return k results.
+        self.index.set_ef(max(self.index.ef, k))
+        labels, distances = self.index.knn_query(queries, k=k, num_threads=1)
+        return (1.0 - distances).astype(np.float32), labels.astype(np.int64)
+
+
+def choose_search(size: int) -> SearchSpec:
+    """The engine a gallery of ``size`` vectors should use, with the reason recorded."""
+    if size <= EXACT_MAX_VECTORS:
+        return SearchSpec(
+            engine="exact",
+            reason=f"{size} vectors <= {EXACT_MAX_VECTORS}: exact search is fast enough and has recall 1.0",
+        )
+    return SearchSpec(
+        engine="hnsw",
+        params={"M": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION, "ef": HNSW_EF_SEARCH},
+        reason=f"{size} vectors > {EXACT_MAX_VECTORS}: exact search too slow per query; hnsw recall measured in bench_search",
+    )
+
+
+def build_search(vectors: np.ndarray, spec: SearchSpec, index_path: Path | None = None) -> SearchEngine:
+    """The engine ``spec`` names, over ``vectors``; an hnsw index file is loaded if given."""
+    if spec.engine == "exact":
+        return ExactSearch(vectors)
+    ef = int(spec.params.get("ef", HNSW_EF_SEARCH))
+    if index_path is not None and Path(index_path).is_file():
+        return HnswSearch.load(Path(index_path), vectors.shape[0], vectors.shape[1], ef)
+    return HnswSearch.build(
+        vectors,
+        m=int(spec.params.get("M", HNSW_M)),
+        ef_construction=int(spec.params.get("ef_construction", HNSW_EF_CONSTRUCTION)),
+        ef=ef,
+    )
