@@ -19,6 +19,7 @@ DEVICE = [
     "click>=8.1,<9",
     "tqdm>=4.66,<5",
     "pydantic>=2.6,<3",
+    "pydantic-settings>=2.2,<3",  # device config from MPD_ environment variables
     "tenacity>=8.2,<10",
     "requests>=2.31,<3",
     "paho-mqtt>=2.0,<3",

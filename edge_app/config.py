@@ -1,0 +1,226 @@
+"""Device configuration: one validated model, from a file, MPD_ environment variables and
+the Greengrass component configuration (where every number arrives as a string).
+
+Precedence, lowest first: defaults, the config file (YAML or JSON), the Greengrass
+component configuration, MPD_ environment variables (nested keys with ``__``, e.g.
+``MPD_MQTT__HOST``; lists as JSON, e.g. ``MPD_CAMERAS='[{"id": "door", "source": "0"}]'``).
+
+A running pipeline takes updates through ``apply_update``: only the keys in
+``LIVE_KEYS`` (thresholds, confirmation, cooldown, cameras) change without a restart;
+anything else is refused with a message saying so. Every error names the key and value.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+# Keys a running pipeline applies without a restart (Greengrass configuration updates).
+LIVE_KEYS = frozenset({"recognition", "cameras", "health_interval_s"})
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names each bad key and value."""
+
+
+class CameraConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    # A video file, a camera index ("0"), an rtsp:// or http(s):// URL, or an image folder.
+    source: str = Field(min_length=1)
+
+
+class RecognitionConfig(BaseModel):
+    """How a face becomes a confirmed match. Defaults are measured (docs/device.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    # Cosine similarity a frame needs to vote for a person; None = the calibrated default
+    # in models/thresholds.py.
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    # A frame whose best and second-best persons are closer than this votes for no one.
+    margin: float = Field(default=0.03, ge=0.0, le=1.0)
+    confirm_frames: int = Field(default=3, ge=1, le=100)  # agreeing votes needed...
+    confirm_window: int = Field(default=5, ge=1, le=300)  # ...among this many recent embedded frames
+    cooldown_s: float = Field(default=600.0, ge=0.0, le=7 * 86400)  # per person per camera
+    # A confirmed track is re-embedded this often (frames) to notice an identity switch.
+    recheck_every: int = Field(default=15, ge=1, le=10_000)
+    # A track that has voted "no one" for a full window is re-embedded only this often.
+    stranger_every: int = Field(default=3, ge=1, le=10_000)
+    track_timeout_s: float = Field(default=1.0, gt=0.0, le=60.0)
+    send_crop: bool = True
+    crop_max_px: int = Field(default=96, ge=32, le=256)
+
+    @model_validator(mode="after")
+    def _window_holds_votes(self) -> RecognitionConfig:
+        if self.confirm_frames > self.confirm_window:
+            raise ValueError(
+                f"confirm_frames ({self.confirm_frames}) is larger than confirm_window ({self.confirm_window})"
+            )
+        return self
+
+
+class OutboxConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: Path = Path("mpd-outbox.sqlite3")
+    max_events: int = Field(default=10_000, ge=10, le=10_000_000)
+    backoff_initial_s: float = Field(default=1.0, gt=0.0, le=600.0)
+    backoff_max_s: float = Field(default=300.0, gt=0.0, le=86_400.0)
+
+
+class MqttConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    host: str = ""
+    port: int = Field(default=8883, ge=1, le=65535)
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    client_id: str = ""  # default: the device id (IoT Core policies usually pin it)
+    keepalive_s: int = Field(default=60, ge=5, le=1200)
+    ack_timeout_s: float = Field(default=10.0, gt=0.0, le=300.0)
+
+
+class EdgeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    device_id: str = Field(
+        default_factory=lambda: os.environ.get("AWS_IOT_THING_NAME", "mpd-device"),
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+    )
+    cameras: list[CameraConfig] = Field(default_factory=list)
+    recognition: RecognitionConfig = Field(default_factory=RecognitionConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    publisher: Literal["stdout", "file", "mqtt", "greengrass"] = "stdout"
+    file_path: Path = Path("mpd-events.jsonl")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    health_interval_s: float = Field(default=60.0, gt=0.0, le=86_400.0)
+
+    @model_validator(mode="after")
+    def _publisher_is_usable(self) -> EdgeConfig:
+        if self.publisher == "mqtt":
+            missing = [name for name in ("host", "ca", "cert", "key") if not getattr(self.mqtt, name)]
+            if missing:
+                raise ValueError(f"publisher 'mqtt' needs mqtt.{', mqtt.'.join(missing)}")
+            for name in ("ca", "cert", "key"):
+                path = getattr(self.mqtt, name)
+                if not Path(path).is_file():
+                    raise ValueError(f"mqtt.{name} = '{path}': file not found")
+        ids = [camera.id for camera in self.cameras]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"cameras: duplicate camera id in {ids}")
+        return self
+
+
+class _EnvironmentConfig(EdgeConfig, BaseSettings):
+    """EdgeConfig that also reads MPD_ variables; used only while loading, so that a later
+    live update is exactly current + update (a BaseSettings would re-read the environment)."""
+
+    model_config = SettingsConfigDict(env_prefix="MPD_", env_nested_delimiter="__", extra="forbid")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file: an operator overrides one value without editing it.
+        return env_settings, init_settings
+
+
+def describe_errors(error: ValidationError) -> str:
+    """One line per bad key: ``recognition.threshold = '1.7': Input should be ...``."""
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(config)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key")
+        elif item["loc"] and not isinstance(item.get("input"), dict | list):
+            lines.append(f"{key} = {item.get('input')!r}: {message}")
+        elif item["loc"]:
+            lines.append(f"{key}: {message}")
+        else:
+            lines.append(f"{message}")
+    return "; ".join(lines)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A YAML or JSON mapping; raises ConfigError naming the file and the problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"config file {path}: {error.strerror or error}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(
+            f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}"
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(
+    path: Path | None = None,
+    component_config: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> EdgeConfig:
+    """Build and validate the configuration; raises ConfigError naming the bad key and value.
+
+    ``overrides`` are command-line values (highest precedence, above the environment).
+    """
+    data: dict[str, Any] = read_config_file(path) if path is not None else {}
+    if component_config:
+        data = _merge(data, component_config)
+    try:
+        config = EdgeConfig.model_validate(_EnvironmentConfig(**data).model_dump())
+        if overrides:
+            config = EdgeConfig.model_validate(_merge(config.model_dump(), overrides))
+    except ValidationError as error:
+        raise ConfigError(f"invalid configuration: {describe_errors(error)}") from None
+    return config
+
+
+def apply_update(current: EdgeConfig, update: Mapping[str, Any]) -> EdgeConfig:
+    """Validate an update for a running pipeline and return the new configuration.
+
+    Only ``LIVE_KEYS`` may change; the environment is not re-read (model_validate does not
+    consult settings sources), so the update is exactly current + update.
+    """
+    if not isinstance(update, Mapping):
+        raise ConfigError(f"configuration update must be a mapping, not {type(update).__name__}")
+    merged = _merge(current.model_dump(), update)
+    try:
+        candidate = EdgeConfig.model_validate(merged)
+    except ValidationError as error:
+        raise ConfigError(f"invalid configuration update: {describe_errors(error)}") from None
+    changed = {key for key in EdgeConfig.model_fields if getattr(candidate, key) != getattr(current, key)}
+    needs_restart = sorted(changed - LIVE_KEYS)
+    if needs_restart:
+        raise ConfigError(f"configuration update changes {', '.join(needs_restart)}, which need a restart")
+    return candidate
