@@ -1,0 +1,108 @@
+"""Fresh case details for an alert, with a hard time budget and a fallback.
+
+The source API (NamUs first) is asked for the case when the alert is handled, so the
+SMS carries today's facts; if it is slow, down or says nothing, the alert goes out
+on time with what the device sent (name, source and case id) and says so.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+from edge_app.match_event import MatchEvent
+
+if TYPE_CHECKING:
+    from sync_service.sources.records import PersonRecord
+
+log = logging.getLogger("mpd-alerts")
+
+# (source, case_id) -> the case, or None when the source no longer has it.
+CaseFetcher = Callable[[str, str], "PersonRecord | None"]
+
+SOURCE_LABELS = {"namus": "NamUs", "fbi": "FBI", "interpol": "Interpol"}
+
+
+@dataclass(frozen=True)
+class CaseDetails:
+    name: str
+    sex: str = ""  # "F", "M" or ""
+    age_now: str = ""
+    age_missing: str = ""
+    last_seen_date: date | None = None
+    last_seen_place: str = ""
+    link: str = ""
+    resolved: bool = False
+    fresh: bool = False  # True when the source API answered in time
+
+
+def case_link(source: str, case_id: str) -> str:
+    """The public web page of a case, built from its id when the source did not give one."""
+    if source == "namus":
+        number = case_id.removeprefix("MP").removeprefix("mp")
+        return f"https://www.namus.gov/MissingPersons/Case#/{number}" if number.isdigit() else ""
+    if source == "interpol":
+        return f"https://www.interpol.int/How-we-work/Notices/View-Yellow-Notices#{case_id.replace('-', '/')}"
+    return ""
+
+
+def _age(age_range: Any) -> str:
+    if age_range is None or age_range.min is None:
+        return ""
+    return str(age_range.min) if age_range.max in (None, age_range.min) else f"{age_range.min}-{age_range.max}"
+
+
+def details_from_record(record: PersonRecord) -> CaseDetails:
+    return CaseDetails(
+        name=record.name,
+        sex={"female": "F", "male": "M"}.get(record.sex, ""),
+        age_now=_age(record.age_now),
+        age_missing=_age(record.age_when_missing),
+        last_seen_date=record.last_seen_date,
+        last_seen_place=record.last_seen_place or "",
+        link=record.url or case_link(record.source, record.case_id),
+        resolved=record.resolved,
+        fresh=True,
+    )
+
+
+def details_from_event(event: MatchEvent) -> CaseDetails:
+    return CaseDetails(name=event.display_name or event.person_id, link=case_link(event.source, event.case_id))
+
+
+class CaseLookup:
+    """Asks the source for a case, giving up after ``timeout`` seconds (wall clock)."""
+
+    def __init__(self, fetch: CaseFetcher | None, timeout: float) -> None:
+        self.fetch = fetch
+        self.timeout = timeout
+        # A hung source keeps its worker thread until the adapter's own socket timeout;
+        # the alert does not wait for it.
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="case-lookup")
+
+    def details(self, event: MatchEvent) -> CaseDetails:
+        if self.fetch is None:
+            return details_from_event(event)
+        future = self._pool.submit(self.fetch, event.source, event.case_id)
+        try:
+            record = future.result(timeout=self.timeout)
+        except concurrent.futures.TimeoutError:
+            log.warning("case lookup timed out, using the event's data", extra=_where(event, self.timeout))
+            return details_from_event(event)
+        except Exception as error:  # any source failure must not stop the alert
+            log.warning(
+                "case lookup failed, using the event's data", extra=_where(event, self.timeout) | {"error": repr(error)}
+            )
+            return details_from_event(event)
+        if record is None:
+            log.warning("source has no such case (removed or unpublished?)", extra=_where(event, self.timeout))
+            return details_from_event(event)
+        return details_from_record(record)
+
+
+def _where(event: MatchEvent, timeout: float) -> dict[str, object]:
+    return {"source": event.source, "case_id": event.case_id, "timeout_s": timeout}

@@ -1,0 +1,118 @@
+"""Alert handler settings, from environment variables (the Lambda's configuration).
+
+The same handler runs in AWS Lambda, against moto (``AWS_ENDPOINT_URL``), and with
+no cloud at all (the embedded default: SQLite tables and an SMS file sink). Which
+one is ``MPD_ALERT_BACKEND``; by default ``aws`` inside Lambda or when an AWS
+endpoint is configured, ``local`` otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+E164 = r"^\+[1-9][0-9]{6,14}$"
+
+# A person lingering at one site makes one confirmed event per visit to a camera;
+# responders need the first text and then an update if the person is still or again
+# there a quarter of an hour later (about the time a local responder needs to arrive).
+# Per case *and device*, so a sighting at another site still texts at once.
+DEFAULT_COOLDOWN_SECONDS = 15 * 60
+# Long enough for an after-action review of every decision, short enough not to keep
+# records of where a person was seen indefinitely.
+DEFAULT_AUDIT_TTL_DAYS = 90
+# The source API answers in a few hundred ms when healthy; the SMS must not wait on it.
+DEFAULT_CASE_LOOKUP_TIMEOUT = 1.0
+
+
+class DeviceNames(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=80)
+    timezone: str = "UTC"
+    cameras: dict[str, Annotated[str, Field(min_length=1, max_length=60)]] = Field(default_factory=dict)
+
+
+class Sites(BaseModel):
+    """Human names of devices and cameras (``MPD_SITES`` JSON or ``MPD_SITES_FILE``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    devices: dict[str, DeviceNames] = Field(default_factory=dict)
+
+    def describe(self, device_id: str, camera_id: str) -> tuple[str, str]:
+        """(camera name, device name), falling back to the ids."""
+        device = self.devices.get(device_id)
+        if device is None:
+            return camera_id, device_id
+        return device.cameras.get(camera_id, camera_id), device.name
+
+    def timezone_of(self, device_id: str) -> str:
+        device = self.devices.get(device_id)
+        return device.timezone if device else "UTC"
+
+
+class AlertSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["aws", "local"] = "local"
+    idempotency_table: str = "mpd-alert-idempotency"
+    cooldown_table: str = "mpd-alert-cooldown"
+    audit_table: str = "mpd-alert-audit"
+    topic_arn: str | None = None
+    phone_numbers: tuple[Annotated[str, Field(pattern=E164)], ...] = ()
+    cooldown_seconds: int = Field(DEFAULT_COOLDOWN_SECONDS, ge=0, le=7 * 24 * 3600)
+    audit_ttl_days: int = Field(DEFAULT_AUDIT_TTL_DAYS, ge=1, le=3650)
+    case_lookup_timeout: float = Field(DEFAULT_CASE_LOOKUP_TIMEOUT, gt=0, le=10)
+    local_dir: Path = Path(".mpd/cloud")
+    # Source API base URLs for fresh case details, e.g. {"namus": "https://www.namus.gov"}.
+    source_urls: dict[str, str] = Field(default_factory=dict)
+    sites: Sites = Field(default_factory=Sites)
+
+    @field_validator("phone_numbers", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @property
+    def sms_sink(self) -> Path:
+        return self.local_dir / "sms.jsonl"
+
+    @property
+    def database(self) -> Path:
+        return self.local_dir / "alerts.sqlite3"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AlertSettings:
+        """Read ``MPD_*`` variables; raises ``ValueError`` naming the bad one."""
+        env = os.environ if environ is None else environ
+        in_aws = bool(env.get("AWS_LAMBDA_FUNCTION_NAME") or env.get("AWS_ENDPOINT_URL"))
+        names = {
+            "backend": "MPD_ALERT_BACKEND",
+            "idempotency_table": "MPD_IDEMPOTENCY_TABLE",
+            "cooldown_table": "MPD_COOLDOWN_TABLE",
+            "audit_table": "MPD_AUDIT_TABLE",
+            "topic_arn": "MPD_ALERT_TOPIC_ARN",
+            "phone_numbers": "MPD_ALERT_PHONE_NUMBERS",
+            "cooldown_seconds": "MPD_ALERT_COOLDOWN_SECONDS",
+            "audit_ttl_days": "MPD_AUDIT_TTL_DAYS",
+            "case_lookup_timeout": "MPD_CASE_LOOKUP_TIMEOUT",
+            "local_dir": "MPD_ALERT_DIR",
+        }
+        values: dict[str, object] = {"backend": "aws" if in_aws else "local"}
+        values |= {field: env[var] for field, var in names.items() if env.get(var)}
+        try:
+            if env.get("MPD_SITES_FILE"):
+                values["sites"] = Sites.model_validate_json(Path(env["MPD_SITES_FILE"]).read_bytes())
+            elif env.get("MPD_SITES"):
+                values["sites"] = Sites.model_validate(json.loads(env["MPD_SITES"]))
+            if env.get("MPD_SOURCE_URLS"):
+                values["source_urls"] = json.loads(env["MPD_SOURCE_URLS"])
+            return cls.model_validate(values)
+        except (ValidationError, json.JSONDecodeError, OSError) as error:
+            raise ValueError(f"bad alert configuration (MPD_* environment variables): {error}") from None

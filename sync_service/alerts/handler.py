@@ -1,0 +1,329 @@
+"""The alert Lambda: one confirmed match in, at most one SMS out.
+
+Triggered by the IoT rule on ``mpd/+/match`` (see ``rule.py`` for the event shape).
+Steps: validate with the match-event contract -> drop duplicates by event id
+(Powertools idempotency, a conditional write) -> cooldown per case and device (one
+atomic conditional update) -> fresh case details (short timeout, fallback) -> SMS
+-> audit record. A malformed payload is logged and answered, never raised.
+Infrastructure errors (DynamoDB, SNS) are raised after botocore's retries, so AWS
+retries the invocation; the idempotency record and the cooldown claim are released
+first, so the retry sends the SMS exactly once.
+"""
+
+from __future__ import annotations
+
+import binascii
+import contextvars
+import hashlib
+import time
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.idempotency import (
+    BasePersistenceLayer,
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyAlreadyInProgressError,
+    IdempotencyValidationError,
+)
+from pydantic import ValidationError
+
+from edge_app.match_event import MAX_EVENT_BYTES, MatchEvent
+from sync_service.alerts.cases import SOURCE_LABELS, CaseDetails, CaseFetcher, CaseLookup
+from sync_service.alerts.config import AlertSettings
+from sync_service.alerts.rule import RuleEvent, device_of
+from sync_service.alerts.sms import AlertText, segment_count
+from sync_service.alerts.stores import (
+    BOTO_CONFIG,
+    DecisionStore,
+    DynamoDecisionStore,
+    FileSmsSink,
+    SmsSender,
+    SnsSender,
+    SqliteDecisionStore,
+    SqlitePersistenceLayer,
+    SqliteTables,
+)
+
+logger = Logger(service="mpd-alerts")
+
+# A device whose PUBACK was lost re-sends from its outbox when it reconnects, which
+# can be days later at a site with a poor uplink: remember event ids for a month.
+IDEMPOTENCY_DAYS = 30
+
+
+class Decision(StrEnum):
+    SENT = "sent"
+    COOLDOWN = "cooldown"
+    CASE_RESOLVED = "case_resolved"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+
+
+class Rejected(ValueError):
+    """A payload that is not a valid match event; the message says why."""
+
+
+def parse_event(event: Any) -> MatchEvent:
+    """The match event inside a rule event; raises ``Rejected`` naming what is wrong."""
+    if not isinstance(event, dict):
+        raise Rejected(f"Lambda event is a {type(event).__name__}, not an object")
+    try:
+        envelope = RuleEvent.model_validate(event)
+    except ValidationError as error:
+        raise Rejected(f"not a rule event (payload, topic): {_first_error(error)}") from None
+    if len(envelope.payload) > (MAX_EVENT_BYTES * 4) // 3 + 4:
+        raise Rejected(f"payload is more than {MAX_EVENT_BYTES} bytes")
+    try:
+        payload = envelope.payload_bytes()
+    except (binascii.Error, ValueError):
+        raise Rejected("payload is not base64 (the rule encodes it)") from None
+    try:
+        match = MatchEvent.from_json(payload)
+    except ValidationError as error:
+        raise Rejected(f"not a valid match event: {_first_error(error)}") from None
+    except ValueError as error:
+        raise Rejected(str(error)) from None
+    topic_device = device_of(envelope.topic)
+    if topic_device != match.device_id:
+        # The IoT policy lets a device publish only under its own name: the topic is the
+        # authenticated identity, the body is just a claim.
+        raise Rejected(f"device_id {match.device_id!r} does not match topic {envelope.topic!r}")
+    return match
+
+
+def _first_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(root)"
+    return f"{where}: {first['msg']} ({error.error_count()} error(s))"
+
+
+class LocalContext:
+    """The slice of the Lambda context Powertools reads, for in-process calls."""
+
+    function_name = "mpd-alerts-local"
+
+    def __init__(self, timeout_s: float = 30.0) -> None:
+        self._deadline = time.monotonic() + timeout_s
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+_ran_now: contextvars.ContextVar[bool] = contextvars.ContextVar("ran_now", default=False)
+
+
+class AlertService:
+    """The decision logic, the same whatever the stores behind it."""
+
+    def __init__(
+        self,
+        settings: AlertSettings,
+        store: DecisionStore,
+        sender: SmsSender,
+        persistence: BasePersistenceLayer,
+        lookup: CaseLookup,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.sender = sender
+        self.lookup = lookup
+        self.idempotency = IdempotencyConfig(
+            event_key_jmespath="event_id",
+            # The same event id with other content is a device bug or a forgery, not a retry.
+            payload_validation_jmespath="[device_id, camera_id, source, case_id, first_seen]",
+            raise_on_no_idempotency_key=True,
+            expires_after_seconds=IDEMPOTENCY_DAYS * 24 * 3600,
+        )
+        self._process_once = idempotent_function(
+            data_keyword_argument="event", persistence_store=persistence, config=self.idempotency
+        )(self._process)
+
+    def handle(self, event: Any, context: Any = None) -> dict[str, Any]:
+        """Handle one rule event; returns the decision. Raises only for infrastructure errors."""
+        try:
+            match = parse_event(event)
+        except Rejected as error:
+            logger.warning("rejected payload", extra={"reason": str(error), **_fingerprint(event)})
+            return {"decision": Decision.REJECTED.value, "reason": str(error)}
+        # Lets Powertools expire an in-progress record if this invocation dies mid-way.
+        self.idempotency.register_lambda_context(context or LocalContext())
+        ids = {"event_id": str(match.event_id), "device_id": match.device_id, "case_id": match.case_id}
+        token = _ran_now.set(False)
+        try:
+            result = self._process_once(event=match.model_dump(mode="json", exclude={"crop_jpeg_b64"}), match=match)
+        except IdempotencyAlreadyInProgressError:
+            # Another copy is being handled right now. If that one fails it raises, and AWS
+            # retries it; acknowledging this copy cannot lose the alert.
+            logger.info("duplicate event, a copy is in progress", extra=ids)
+            return {"decision": Decision.DUPLICATE.value, "event_id": ids["event_id"], "in_progress": True}
+        except IdempotencyValidationError:
+            reason = "event_id reused with different content"
+            logger.warning("rejected payload", extra={"reason": reason, **ids})
+            return {"decision": Decision.REJECTED.value, "reason": reason}
+        finally:
+            ran = _ran_now.get()
+            _ran_now.reset(token)
+        if not ran:
+            logger.info("duplicate event, already handled", extra=ids | {"first_decision": result.get("decision")})
+            return {"decision": Decision.DUPLICATE.value, "event_id": ids["event_id"], "first": result}
+        return result
+
+    def _process(self, event: dict[str, Any], match: MatchEvent) -> dict[str, Any]:
+        _ran_now.set(True)
+        now = time.time()
+        event_id = str(match.event_id)
+        cooldown_key = f"{match.source}#{match.case_id}#{match.device_id}"
+        claim = self.store.claim_cooldown(
+            cooldown_key,
+            event_id,
+            now_ms=int(now * 1000),
+            cooldown_ms=self.settings.cooldown_seconds * 1000,
+            expires_at=int(now) + self.settings.cooldown_seconds + 3600,
+        )
+        if not claim.granted:
+            return self._decided(match, event, Decision.COOLDOWN, now, held_by=claim.holder_event_id)
+        try:
+            details = self.lookup.details(match)
+            if details.resolved:
+                self.store.release_cooldown(cooldown_key, event_id)
+                return self._decided(match, event, Decision.CASE_RESOLVED, now)
+            text = self.compose(match, details)
+            message_ids = self.sender.send(text)
+        except Exception:
+            self._release_quietly(cooldown_key, event_id)
+            raise
+        return self._decided(
+            match,
+            event,
+            Decision.SENT,
+            now,
+            message_ids=message_ids,
+            segments=segment_count(text),
+            details_fresh=details.fresh,
+        )
+
+    def compose(self, match: MatchEvent, details: CaseDetails) -> str:
+        camera, device = self.settings.sites.describe(match.device_id, match.camera_id)
+        try:
+            zone = ZoneInfo(self.settings.sites.timezone_of(match.device_id))
+        except (ZoneInfoNotFoundError, ValueError):
+            zone = ZoneInfo("UTC")
+        return AlertText(
+            name=details.name,
+            case_label=f"{SOURCE_LABELS.get(match.source, match.source)} {match.case_id}",
+            sex=details.sex,
+            age_now=details.age_now,
+            age_missing=details.age_missing,
+            last_seen_date=details.last_seen_date,
+            last_seen_place=details.last_seen_place,
+            seen_at=match.last_seen.astimezone(zone),
+            seen_where=f"{camera}, {device}",
+            similarity=match.best_similarity,
+            link=details.link,
+            details_fresh=details.fresh,
+        ).render()
+
+    def _decided(self, match: MatchEvent, event: dict, decision: Decision, now: float, **facts: Any) -> dict:
+        result = {"decision": decision.value, "event_id": str(match.event_id), **facts}
+        audit = {
+            "event_id": str(match.event_id),
+            "decision": decision.value,
+            "decided_at": datetime.fromtimestamp(now, UTC).isoformat(),
+            "event": event,  # without the face crop
+            **facts,
+            "expires_at": int(now) + self.settings.audit_ttl_days * 24 * 3600,
+        }
+        try:
+            self.store.write_audit(audit)
+        except Exception:
+            if decision is not Decision.SENT:
+                raise  # nothing was sent: failing lets AWS retry the whole decision
+            # The SMS is out: raising now would make the retry text again. Keep the
+            # record in the log instead.
+            logger.exception("audit write failed after the SMS was sent", extra={"audit": audit})
+        logger.info("alert decision", extra=result)
+        return result
+
+    def _release_quietly(self, key: str, event_id: str) -> None:
+        try:
+            self.store.release_cooldown(key, event_id)
+        except Exception:
+            # The retry of this same event may still claim it (the claim accepts its own id).
+            logger.exception("could not release the cooldown claim", extra={"cooldown_key": key})
+
+
+def _fingerprint(event: Any) -> dict[str, Any]:
+    """Enough to find a rejected payload again without logging its content."""
+    if isinstance(event, dict) and isinstance(event.get("payload"), str):
+        raw = event["payload"].encode()
+        return {"topic": str(event.get("topic"))[:256], "payload_b64_chars": len(raw)}
+    raw = repr(event).encode()[:MAX_EVENT_BYTES]
+    return {"event_type": type(event).__name__, "event_sha256": hashlib.sha256(raw).hexdigest()}
+
+
+def source_fetcher(settings: AlertSettings) -> CaseFetcher | None:
+    """``fetch_case`` of the source adapters, built for a quick lookup (one attempt)."""
+    if not settings.source_urls:
+        return None
+    from sync_service.sources import make_adapter
+
+    adapters: dict[str, Any] = {}
+
+    def fetch(source: str, case_id: str):
+        if source not in settings.source_urls:
+            return None
+        if source not in adapters:
+            adapters[source] = make_adapter(
+                source,
+                settings.source_urls[source],
+                rate_limit=20.0,
+                read_timeout=settings.case_lookup_timeout,
+                max_attempts=1,
+            )
+        return adapters[source].fetch_case(case_id)
+
+    return fetch
+
+
+def build_service(settings: AlertSettings, fetch: CaseFetcher | None | bool = True) -> AlertService:
+    """The service for ``settings.backend``; ``fetch=True`` uses the configured source APIs."""
+    fetcher = source_fetcher(settings) if fetch is True else (fetch or None)
+    lookup = CaseLookup(fetcher, settings.case_lookup_timeout)
+    if settings.backend == "aws":
+        import boto3
+
+        dynamodb = boto3.client("dynamodb", config=BOTO_CONFIG)
+        return AlertService(
+            settings,
+            DynamoDecisionStore(dynamodb, settings.cooldown_table, settings.audit_table),
+            SnsSender(boto3.client("sns", config=BOTO_CONFIG), settings.topic_arn, settings.phone_numbers),
+            DynamoDBPersistenceLayer(table_name=settings.idempotency_table, boto3_client=dynamodb),
+            lookup,
+        )
+    tables = SqliteTables(settings.database)
+    return AlertService(
+        settings,
+        SqliteDecisionStore(tables),
+        FileSmsSink(settings.sms_sink, settings.phone_numbers),
+        SqlitePersistenceLayer(tables),
+        lookup,
+    )
+
+
+_service: AlertService | None = None
+
+
+@logger.inject_lambda_context(clear_state=True)
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """AWS Lambda entry point (template.yaml: ``sync_service.alerts.handler.lambda_handler``)."""
+    global _service
+    if _service is None:  # built once per container, reused while warm
+        _service = build_service(AlertSettings.from_env())
+    return _service.handle(event, context)

@@ -1,0 +1,142 @@
+"""The alert path on one machine: mosquitto in place of IoT Core's rule engine.
+
+``LocalRuleEngine`` subscribes to the rule's topic filter with mutual TLS, turns each
+message into the event the IoT rule would send, and calls the same ``AlertService``
+in-process, retrying a failed invocation twice like Lambda's asynchronous invoke.
+``create_aws_resources`` makes the tables (and nothing else) in a moto server.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from tenacity import Retrying, stop_after_attempt, wait_exponential
+
+from sync_service.alerts.config import AlertSettings
+from sync_service.alerts.handler import AlertService, LocalContext
+from sync_service.alerts.rule import LocalRule
+from sync_service.alerts.stores import AUDIT, COOLDOWN, IDEMPOTENCY, TableSpec
+
+log = logging.getLogger(__name__)
+
+# Lambda retries a failed asynchronous invocation twice.
+INVOKE_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    host: str
+    port: int
+    ca: str
+    cert: str
+    key: str
+    client_id: str = "mpd-cloud-rule"
+
+
+class LocalRuleEngine:
+    def __init__(
+        self,
+        service: AlertService,
+        mqtt_settings: MqttSettings,
+        *,
+        rule: LocalRule | None = None,
+        workers: int = 4,
+        retry_wait: float = 1.0,
+        on_decision: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.service = service
+        self.mqtt = mqtt_settings
+        self.rule = rule or LocalRule.parse()
+        self.on_decision = on_decision
+        self.retry_wait = retry_wait
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="alert-invoke")
+        self._subscribed = threading.Event()
+        # A persistent session: the broker queues QoS 1 messages while we are away.
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=mqtt_settings.client_id, clean_session=False
+        )
+        self.client.tls_set(ca_certs=mqtt_settings.ca, certfile=mqtt_settings.cert, keyfile=mqtt_settings.key)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Connect and subscribe; raises ``ConnectionError`` when the broker is not reachable."""
+        try:
+            self.client.connect(self.mqtt.host, self.mqtt.port, keepalive=30)
+        except OSError as error:
+            raise ConnectionError(f"MQTT broker {self.mqtt.host}:{self.mqtt.port} unreachable: {error}") from None
+        self.client.loop_start()
+        if not self._subscribed.wait(timeout):
+            self.stop()
+            raise ConnectionError(
+                f"no subscription on {self.mqtt.host}:{self.mqtt.port} after {timeout}s (TLS refused? see broker log)"
+            )
+        log.info("local rule engine listening on %s", self.rule.topic_filter)
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+        self._pool.shutdown(wait=True)
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            log.error("MQTT connection refused: %s", reason_code)
+            return
+        client.subscribe(self.rule.topic_filter, qos=1)
+        self._subscribed.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        event = self.rule.event_for(message.topic, message.payload)
+        if event is not None:
+            # Hand off: the network loop must keep reading while SMS go out.
+            self._pool.submit(self._invoke, event)
+
+    def _invoke(self, event: dict[str, Any]) -> None:
+        try:
+            for attempt in Retrying(
+                stop=stop_after_attempt(INVOKE_ATTEMPTS),
+                wait=wait_exponential(multiplier=self.retry_wait, max=30),
+                reraise=True,
+            ):
+                with attempt:
+                    result = self.service.handle(event, LocalContext())
+        except Exception:
+            log.exception("alert handler failed %d times; event dropped like a failed async invoke", INVOKE_ATTEMPTS)
+            result = {"decision": "error"}
+        if self.on_decision is not None:
+            self.on_decision(result)
+
+
+def create_aws_resources(settings: AlertSettings, client: Any = None) -> None:
+    """Create the alert tables (with TTL) if missing: for moto, as template.yaml does in AWS."""
+    import boto3
+
+    client = client or boto3.client("dynamodb")
+    existing = set(client.list_tables()["TableNames"])
+    for name, spec in (
+        (settings.idempotency_table, IDEMPOTENCY),
+        (settings.cooldown_table, COOLDOWN),
+        (settings.audit_table, AUDIT),
+    ):
+        if name in existing:
+            continue
+        _create_table(client, name, spec)
+
+
+def _create_table(client: Any, name: str, spec: TableSpec) -> None:
+    client.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": spec.key, "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": spec.key, "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    client.get_waiter("table_exists").wait(TableName=name)
+    client.update_time_to_live(
+        TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": spec.ttl_attribute}
+    )

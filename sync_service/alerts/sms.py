@@ -1,0 +1,117 @@
+"""The SMS text: what a responder needs, in at most two SMS segments.
+
+An SMS segment holds 160 GSM-7 septets, or 70 UCS-2 code units; a message of
+several segments loses 7 septets (or 3 units) per segment to the concatenation
+header, so two segments hold 306 GSM-7 septets or 134 UCS-2 units. One character
+outside GSM-7 switches the whole message to UCS-2, so characters that have a
+close GSM-7 form (``Ł`` -> ``L``, ``’`` -> ``'``) are folded first.
+"""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+from dataclasses import dataclass, replace
+from datetime import date, datetime
+
+MAX_SEGMENTS = 2
+
+# GSM 03.38 basic character set, and the extension table (each costs two septets).
+GSM7_BASIC = (
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+GSM7_EXTENSION = "^{}\\[~]|€\f"
+_GSM7 = set(GSM7_BASIC) | set(GSM7_EXTENSION)
+_PUNCTUATION = str.maketrans({"‘": "'", "’": "'", "“": '"', "”": '"', "–": "-", "—": "-", "…": "...", "\u00a0": " "})
+
+
+def is_gsm7(text: str) -> bool:
+    return all(char in _GSM7 for char in text)
+
+
+def segment_count(text: str) -> int:
+    """How many SMS segments ``text`` takes (GSM-7 when it can, else UCS-2)."""
+    if is_gsm7(text):
+        units = sum(2 if char in GSM7_EXTENSION else 1 for char in text)
+        single, multi = 160, 153
+    else:
+        units = len(text.encode("utf-16-le")) // 2  # characters beyond the BMP take two units
+        single, multi = 70, 67
+    return 1 if units <= single else math.ceil(units / multi)
+
+
+def fold_to_gsm7(text: str) -> str:
+    """Replace characters outside GSM-7 by their closest GSM-7 form where one exists."""
+    text = text.translate(_PUNCTUATION)
+    folded = []
+    for char in text:
+        if char in _GSM7:
+            folded.append(char)
+            continue
+        base = "".join(c for c in unicodedata.normalize("NFKD", char) if not unicodedata.combining(c))
+        folded.append(base if base and is_gsm7(base) else char)
+    return "".join(folded)
+
+
+@dataclass(frozen=True)
+class AlertText:
+    """The facts an alert carries; ``render`` lays them out within the segment budget."""
+
+    name: str
+    case_label: str  # e.g. "NamUs MP71320"
+    sex: str = ""  # "F", "M" or ""
+    age_now: str = ""  # "54" or "34-36"
+    age_missing: str = ""
+    last_seen_date: date | None = None
+    last_seen_place: str = ""
+    seen_at: datetime | None = None  # already in the site's time zone
+    seen_where: str = ""  # "Gate camera, North trailhead"
+    similarity: float | None = None
+    link: str = ""
+    details_fresh: bool = True  # False when the source API did not answer in time
+
+    def _compose(self) -> str:
+        who = self.name
+        traits = ", ".join(
+            part
+            for part in (
+                self.sex,
+                f"{self.age_now} now" if self.age_now else "",
+                f"{self.age_missing} when missing" if self.age_missing else "",
+            )
+            if part
+        )
+        if traits:
+            who += f" ({traits})"
+        lines = [f"MISSING PERSON SEEN: {who}, {self.case_label}."]
+        if self.last_seen_date or self.last_seen_place:
+            when = self.last_seen_date.isoformat() if self.last_seen_date else "date unknown"
+            where = f" in {self.last_seen_place}" if self.last_seen_place else ""
+            lines.append(f"Last seen {when}{where}.")
+        if self.seen_at or self.seen_where:
+            when = self.seen_at.strftime("%Y-%m-%d %H:%M %Z").strip() if self.seen_at else ""
+            lines.append(f"Seen now {when} at {self.seen_where}.".replace("  ", " "))
+        if self.similarity is not None:
+            lines.append(f"Similarity {self.similarity:.2f}.")
+        if not self.details_fresh:
+            lines.append("(details from the device: case source not reached)")
+        if self.link:
+            lines.append(self.link)
+        return fold_to_gsm7(" ".join(lines))
+
+    def render(self) -> str:
+        """The SMS text, shortened field by field until it fits in ``MAX_SEGMENTS``."""
+        text = self._compose()
+        current = self
+        # Shorten the free-text fields, least important first; the link is never cut.
+        for field in ("last_seen_place", "seen_where", "name"):
+            original: str = getattr(self, field)
+            keep = len(original)
+            while segment_count(text) > MAX_SEGMENTS and keep > 12:
+                keep = max(12, keep - 8)
+                current = replace(current, **{field: original[:keep].rstrip() + "."})
+                text = current._compose()
+        if segment_count(text) > MAX_SEGMENTS:
+            raise ValueError(f"alert text does not fit in {MAX_SEGMENTS} SMS segments: {text!r}")
+        return text

@@ -1,0 +1,333 @@
+"""Where alert decisions are kept, and where SMS go: AWS, or files on one machine.
+
+Three small tables, each with the same conditional semantics in both backends:
+
+* idempotency (Powertools' record per event id: in progress, completed, expiry);
+* cooldown (one item per case and device: who texted last, and when);
+* audit (one item per event: the decision, the SMS message ids; expires by TTL).
+
+DynamoDB does each decision in one conditional write; the local backend does the
+same in one SQLite statement (``INSERT ... ON CONFLICT DO UPDATE ... WHERE``), so
+the decision logic in ``handler.py`` is one code path for both.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from aws_lambda_powertools.utilities.idempotency import BasePersistenceLayer
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyItemAlreadyExistsError,
+    IdempotencyItemNotFoundError,
+)
+from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+# botocore's "standard" retry mode retries throttling, 5xx and connection errors with
+# jittered backoff: the AWS-aware retry policy for every DynamoDB and SNS call here.
+BOTO_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A table's key and TTL attribute (template.yaml declares the same; a test checks)."""
+
+    key: str
+    ttl_attribute: str
+
+
+IDEMPOTENCY = TableSpec("id", "expiration")  # Powertools' default attribute names
+COOLDOWN = TableSpec("cooldown_key", "expires_at")
+AUDIT = TableSpec("event_id", "expires_at")
+
+
+@dataclass(frozen=True)
+class CooldownClaim:
+    granted: bool
+    holder_event_id: str | None = None  # who holds the cooldown when not granted
+    holder_sent_ms: int | None = None
+
+
+class DecisionStore(Protocol):
+    def claim_cooldown(
+        self, key: str, event_id: str, now_ms: int, cooldown_ms: int, expires_at: int
+    ) -> CooldownClaim: ...
+
+    def release_cooldown(self, key: str, event_id: str) -> None: ...
+
+    def write_audit(self, record: dict[str, Any]) -> None: ...
+
+
+class SmsSender(Protocol):
+    def send(self, text: str) -> list[str]:
+        """Send ``text``; return one message id per publish. Raises when it cannot."""
+        ...
+
+
+# --- AWS ------------------------------------------------------------------------------
+
+
+def _is_conditional_failure(error: ClientError) -> bool:
+    return error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+class DynamoDecisionStore:
+    def __init__(self, client: Any, cooldown_table: str, audit_table: str) -> None:
+        self.client = client
+        self.cooldown_table = cooldown_table
+        self.audit_table = audit_table
+
+    def claim_cooldown(self, key: str, event_id: str, now_ms: int, cooldown_ms: int, expires_at: int) -> CooldownClaim:
+        # One atomic conditional update: free, expired, or already ours (a retry of the
+        # same event after a failure must be able to take it again).
+        try:
+            self.client.update_item(
+                TableName=self.cooldown_table,
+                Key={COOLDOWN.key: {"S": key}},
+                UpdateExpression="SET last_sent_ms = :now, last_event_id = :event, expires_at = :expires",
+                ConditionExpression="attribute_not_exists(last_sent_ms) OR last_sent_ms < :cutoff OR last_event_id = :event",
+                ExpressionAttributeValues={
+                    ":now": {"N": str(now_ms)},
+                    ":cutoff": {"N": str(now_ms - cooldown_ms)},
+                    ":event": {"S": event_id},
+                    ":expires": {"N": str(expires_at)},
+                },
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+            old = error.response.get("Item", {})
+            return CooldownClaim(
+                False,
+                old.get("last_event_id", {}).get("S"),
+                int(old["last_sent_ms"]["N"]) if "last_sent_ms" in old else None,
+            )
+        return CooldownClaim(True)
+
+    def release_cooldown(self, key: str, event_id: str) -> None:
+        try:
+            self.client.delete_item(
+                TableName=self.cooldown_table,
+                Key={COOLDOWN.key: {"S": key}},
+                ConditionExpression="last_event_id = :event",
+                ExpressionAttributeValues={":event": {"S": event_id}},
+            )
+        except ClientError as error:
+            if not _is_conditional_failure(error):  # someone else holds it now: nothing to undo
+                raise
+
+    def write_audit(self, record: dict[str, Any]) -> None:
+        from boto3.dynamodb.types import TypeSerializer
+
+        serializer = TypeSerializer()
+        item = {name: serializer.serialize(value) for name, value in record.items() if value is not None}
+        self.client.put_item(TableName=self.audit_table, Item=item)
+
+
+class SnsSender:
+    """One publish to the topic (its SMS subscribers), or one per listed number."""
+
+    def __init__(self, client: Any, topic_arn: str | None, phone_numbers: Sequence[str]) -> None:
+        if not topic_arn and not phone_numbers:
+            raise ValueError("no SMS recipients: set MPD_ALERT_TOPIC_ARN or MPD_ALERT_PHONE_NUMBERS")
+        self.client = client
+        self.topic_arn = topic_arn
+        self.phone_numbers = tuple(phone_numbers)
+
+    def send(self, text: str) -> list[str]:
+        # Transactional: delivered ahead of promotional traffic, and to numbers on DND lists.
+        attributes = {"AWS.SNS.SMS.SMSType": {"DataType": "String", "StringValue": "Transactional"}}
+        if self.topic_arn:
+            response = self.client.publish(TopicArn=self.topic_arn, Message=text, MessageAttributes=attributes)
+            return [response["MessageId"]]
+        return [
+            self.client.publish(PhoneNumber=number, Message=text, MessageAttributes=attributes)["MessageId"]
+            for number in self.phone_numbers
+        ]
+
+
+# --- one machine ----------------------------------------------------------------------
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS idempotency (
+    {IDEMPOTENCY.key} TEXT PRIMARY KEY, status TEXT NOT NULL, {IDEMPOTENCY.ttl_attribute} INTEGER,
+    in_progress_expiration INTEGER, data TEXT, validation TEXT);
+CREATE TABLE IF NOT EXISTS cooldown (
+    {COOLDOWN.key} TEXT PRIMARY KEY, last_sent_ms INTEGER NOT NULL, last_event_id TEXT NOT NULL,
+    {COOLDOWN.ttl_attribute} INTEGER);
+CREATE TABLE IF NOT EXISTS audit ({AUDIT.key} TEXT PRIMARY KEY, record TEXT NOT NULL, {AUDIT.ttl_attribute} INTEGER);
+"""
+
+
+class SqliteTables:
+    """The three tables in one SQLite file (WAL; safe across threads and processes)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        # A connection per operation: sqlite3 connections must not be shared across threads.
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            db.execute("PRAGMA synchronous=FULL")  # a decision that was answered survives power loss
+            yield db
+        finally:
+            db.close()
+
+
+class SqliteDecisionStore:
+    def __init__(self, tables: SqliteTables) -> None:
+        self.tables = tables
+
+    def claim_cooldown(self, key: str, event_id: str, now_ms: int, cooldown_ms: int, expires_at: int) -> CooldownClaim:
+        with self.tables.connect() as db:
+            changed = db.execute(
+                f"""INSERT INTO cooldown ({COOLDOWN.key}, last_sent_ms, last_event_id, expires_at)
+                    VALUES (:key, :now, :event, :expires)
+                    ON CONFLICT ({COOLDOWN.key}) DO UPDATE SET
+                        last_sent_ms = :now, last_event_id = :event, expires_at = :expires
+                    WHERE cooldown.last_sent_ms < :cutoff OR cooldown.last_event_id = :event""",
+                {"key": key, "now": now_ms, "event": event_id, "expires": expires_at, "cutoff": now_ms - cooldown_ms},
+            ).rowcount
+            if changed:
+                return CooldownClaim(True)
+            row = db.execute(
+                f"SELECT last_event_id, last_sent_ms FROM cooldown WHERE {COOLDOWN.key} = ?", (key,)
+            ).fetchone()
+        return CooldownClaim(False, row[0] if row else None, row[1] if row else None)
+
+    def release_cooldown(self, key: str, event_id: str) -> None:
+        with self.tables.connect() as db:
+            db.execute(f"DELETE FROM cooldown WHERE {COOLDOWN.key} = ? AND last_event_id = ?", (key, event_id))
+
+    def write_audit(self, record: dict[str, Any]) -> None:
+        with self.tables.connect() as db:
+            db.execute(
+                f"INSERT OR REPLACE INTO audit ({AUDIT.key}, record, expires_at) VALUES (?, ?, ?)",
+                (record[AUDIT.key], json.dumps(record, default=str), record.get(AUDIT.ttl_attribute)),
+            )
+
+    def audit_records(self) -> list[dict[str, Any]]:
+        with self.tables.connect() as db:
+            return [json.loads(row[0]) for row in db.execute("SELECT record FROM audit ORDER BY rowid")]
+
+
+class SqlitePersistenceLayer(BasePersistenceLayer):
+    """Powertools idempotency records in SQLite, with the DynamoDB layer's put condition."""
+
+    def __init__(self, tables: SqliteTables) -> None:
+        super().__init__()
+        self.tables = tables
+
+    def _record(self, row: tuple) -> DataRecord:
+        key, status, expiration, in_progress_expiration, data, validation = row
+        return DataRecord(
+            idempotency_key=key,
+            status=status,
+            expiry_timestamp=expiration,
+            in_progress_expiry_timestamp=in_progress_expiration,
+            response_data=data or "",
+            payload_hash=validation or "",
+        )
+
+    def _get_record(self, idempotency_key: str) -> DataRecord:
+        with self.tables.connect() as db:
+            row = db.execute("SELECT * FROM idempotency WHERE id = ?", (idempotency_key,)).fetchone()
+        if row is None:
+            raise IdempotencyItemNotFoundError
+        return self._record(row)
+
+    def _put_record(self, data_record: DataRecord) -> None:
+        now = dt.datetime.now()
+        values = {
+            "id": data_record.idempotency_key,
+            "status": data_record.status,
+            "expiration": data_record.expiry_timestamp,
+            "in_progress": data_record.in_progress_expiry_timestamp,
+            "validation": data_record.payload_hash if self.payload_validation_enabled else None,
+            "now": int(now.timestamp()),
+            "now_ms": int(now.timestamp() * 1000),
+        }
+        with self.tables.connect() as db:
+            changed = db.execute(
+                """INSERT INTO idempotency (id, status, expiration, in_progress_expiration, data, validation)
+                   VALUES (:id, :status, :expiration, :in_progress, NULL, :validation)
+                   ON CONFLICT (id) DO UPDATE SET status = :status, expiration = :expiration,
+                       in_progress_expiration = :in_progress, data = NULL, validation = :validation
+                   WHERE idempotency.expiration < :now
+                      OR (idempotency.status = 'INPROGRESS' AND idempotency.in_progress_expiration IS NOT NULL
+                          AND idempotency.in_progress_expiration < :now_ms)""",
+                values,
+            ).rowcount
+            if changed:
+                return
+            row = db.execute("SELECT * FROM idempotency WHERE id = ?", (data_record.idempotency_key,)).fetchone()
+        if row is None:
+            raise IdempotencyItemAlreadyExistsError()
+        old = self._record(row)
+        self._validate_payload(data_payload=data_record, stored_data_record=old)
+        raise IdempotencyItemAlreadyExistsError(old_data_record=old)
+
+    def _update_record(self, data_record: DataRecord) -> None:
+        with self.tables.connect() as db:
+            db.execute(
+                "UPDATE idempotency SET data = ?, expiration = ?, status = ?, validation = COALESCE(?, validation)"
+                " WHERE id = ?",
+                (
+                    data_record.response_data,
+                    data_record.expiry_timestamp,
+                    data_record.status,
+                    data_record.payload_hash if self.payload_validation_enabled else None,
+                    data_record.idempotency_key,
+                ),
+            )
+
+    def _delete_record(self, data_record: DataRecord) -> None:
+        with self.tables.connect() as db:
+            db.execute("DELETE FROM idempotency WHERE id = ?", (data_record.idempotency_key,))
+
+
+class FileSmsSink:
+    """SMS appended as JSON lines to a file: the embedded default, no SMS provider."""
+
+    def __init__(self, path: Path, phone_numbers: Sequence[str] = ()) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.phone_numbers = tuple(phone_numbers) or ("local",)
+
+    def send(self, text: str) -> list[str]:
+        sent_at = dt.datetime.now(dt.UTC).isoformat()
+        lines = [
+            {"message_id": str(uuid.uuid4()), "phone_number": number, "message": text, "sent_at": sent_at}
+            for number in self.phone_numbers
+        ]
+        data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        with open(self.path, "ab") as sink:
+            fcntl.flock(sink, fcntl.LOCK_EX)  # whole lines, even with several writers
+            sink.write(data)
+            sink.flush()
+            os.fsync(sink.fileno())
+        return [line["message_id"] for line in lines]
+
+
+def read_sms_sink(path: Path) -> list[dict[str, Any]]:
+    if not Path(path).exists():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
