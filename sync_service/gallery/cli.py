@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from sync_service.gallery.publish import publish_command
+
 
 @click.group("gallery")
 def gallery_group() -> None:
@@ -32,3 +34,6 @@ def build_command(photos: Path | None, store: str | None, out: str) -> None:
         from sync_service.gallery.nightly import build_from_store_command
 
         build_from_store_command(store, out)
+
+
+gallery_group.add_command(publish_command)

@@ -1,0 +1,385 @@
+"""The nightly gallery build from the ingest store: incremental, resumable, signed.
+
+1. Embed: every photo of every active case whose sha256 is not yet in the embedding
+   cache for this embedder is detected and embedded once. The cache holds every usable
+   face of the photo (vector, box) so choosing the subject among several faces (which
+   depends on the person's other photos, ``enrol.choose_subject``) stays exact without
+   re-embedding. Cache chunks are written as the work goes, so a run stopped by a
+   deadline (the Lambda 15-minute limit) resumes where it stopped.
+2. Assemble: persons of active cases with at least one usable face, in canonical order
+   (``edge_app.gallery.delta``). Resolved and removed cases are simply absent.
+3. Write: a signed full bundle, and a signed delta against the previous build (added
+   vectors, removed labels, changed person rows) whenever the embedder is unchanged.
+
+Output layout (a folder or s3://), read by ``mpd gallery publish``:
+
+    gallery/build.json                      LatestPointer of the last build
+    gallery/<version>/full/ , /delta/        the bundles
+    gallery/cache/<embedder>/<chunk>.npz     embedding cache (photo sha256 -> faces)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from edge_app.gallery.bundle import MANIFEST, SIGNATURE, BundleError, ModelRef, PersonRow, load_bundle, write_bundle
+from edge_app.gallery.delta import FULL_MANIFEST, FULL_SIGNATURE, GalleryData, canonical, compute_delta
+from edge_app.gallery.search import choose_search
+from edge_app.gallery.sync_agent import DeltaRef, LatestPointer
+from sync_service.gallery.publish import BUILD_RECORD, BUILD_ROOT, copy_bundle
+from sync_service.store import LocalStore, Store, StoredCase, StoreError, open_store
+
+log = logging.getLogger(__name__)
+
+CACHE_ROOT = "gallery/cache/"
+CACHE_FLUSH_EVERY = 200  # photos per cache chunk: bounds the work lost to a crash
+LAMBDA_SAFETY_SECONDS = 120.0  # stop embedding this long before the Lambda deadline to write bundles
+
+
+@dataclass
+class PhotoFaces:
+    """The cached outcome of detecting and embedding one photo (by sha256)."""
+
+    vectors: np.ndarray  # float32 [k, d], usable faces only (k may be 0)
+    boxes: np.ndarray  # float32 [k, 4]
+    size: tuple[int, int]  # image width, height
+    error: str = ""  # the photo could not be decoded (deterministic for its bytes)
+
+
+class EmbeddingCache:
+    """photo sha256 -> ``PhotoFaces`` for one embedder, persisted as chunks in the output store."""
+
+    def __init__(self, out: Store, embedder: ModelRef, dimension: int = 128) -> None:
+        self.out = out
+        self.prefix = f"{CACHE_ROOT}{embedder.id}-{embedder.sha256[:16]}/"
+        self.dimension = dimension
+        self.entries: dict[str, PhotoFaces] = {}
+        self.pending: dict[str, PhotoFaces] = {}
+
+    def load(self) -> EmbeddingCache:
+        for key in self.out.list_keys(self.prefix):
+            if not key.endswith(".npz"):
+                continue
+            try:
+                self.entries.update(_read_chunk(self.out.read_bytes(key) or b""))
+            except (ValueError, KeyError, OSError) as error:
+                # A damaged chunk only costs re-embedding its photos.
+                log.error("gallery build: ignoring damaged cache chunk %s/%s: %s", self.out.url, key, error)
+        return self
+
+    def __contains__(self, sha256: str) -> bool:
+        return sha256 in self.entries
+
+    def get(self, sha256: str) -> PhotoFaces | None:
+        return self.entries.get(sha256)
+
+    def add(self, sha256: str, faces: PhotoFaces) -> None:
+        self.entries[sha256] = faces
+        self.pending[sha256] = faces
+        if len(self.pending) >= CACHE_FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        name = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{len(self.pending)}.npz"
+        self.out.write_bytes(self.prefix + name, _write_chunk(self.pending, self.dimension))
+        self.pending = {}
+
+
+def _write_chunk(entries: dict[str, PhotoFaces], dimension: int) -> bytes:
+    shas = list(entries)
+    faces = [entries[s] for s in shas]
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        shas=np.array(shas, dtype="<U64"),
+        counts=np.array([len(f.vectors) for f in faces], dtype=np.int32),
+        sizes=np.array([f.size for f in faces], dtype=np.int32).reshape(-1, 2),
+        errors=np.array([f.error[:500] for f in faces], dtype=str),
+        vectors=np.concatenate([f.vectors.reshape(-1, dimension) for f in faces]).astype(np.float32),
+        boxes=np.concatenate([f.boxes.reshape(-1, 4) for f in faces]).astype(np.float32),
+    )
+    return buffer.getvalue()
+
+
+def _read_chunk(data: bytes) -> dict[str, PhotoFaces]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as chunk:
+        shas, counts, sizes, errors = chunk["shas"], chunk["counts"], chunk["sizes"], chunk["errors"]
+        vectors, boxes = chunk["vectors"], chunk["boxes"]
+    ends = np.cumsum(counts)
+    if len(ends) and ends[-1] != len(vectors):
+        raise ValueError(f"chunk lists {ends[-1]} faces but holds {len(vectors)} vectors")
+    out = {}
+    for i, sha in enumerate(shas):
+        start = ends[i] - counts[i]
+        out[str(sha)] = PhotoFaces(vectors[start : ends[i]], boxes[start : ends[i]], tuple(sizes[i]), str(errors[i]))
+    return out
+
+
+def embed_photo_with(models) -> Callable[[bytes], PhotoFaces]:
+    """Detect and embed every usable face of one photo with the shared recognition models."""
+    from models.images import ImageError, load_image
+    from sync_service.gallery.enrol import photo_candidates
+
+    def embed(data: bytes) -> PhotoFaces:
+        try:
+            image = load_image(data)
+        except ImageError as error:
+            return PhotoFaces(
+                np.zeros((0, models.dimension), np.float32), np.zeros((0, 4), np.float32), (0, 0), str(error)
+            )
+        usable, _ = photo_candidates(models, image)
+        return PhotoFaces(
+            np.array([c.vector for c in usable], np.float32).reshape(-1, models.dimension),
+            np.array([c.face.box for c in usable], np.float32).reshape(-1, 4),
+            (image.shape[1], image.shape[0]),
+        )
+
+    return embed
+
+
+def person_vectors(photos: list[PhotoFaces], template: str, dimension: int) -> np.ndarray:
+    """The subject's vector from each photo (``enrol``'s choice rule), then the template."""
+    from models.faces import Face
+    from sync_service.gallery.enrol import Candidate, choose_subject, templates
+
+    usable = [p for p in photos if len(p.vectors)]
+    singles = [p.vectors[0] for p in usable if len(p.vectors) == 1]
+    reference = None
+    if singles:
+        mean = np.mean(singles, axis=0)
+        reference = (mean / np.linalg.norm(mean)).astype(np.float32)
+    chosen = []
+    for photo in usable:
+        candidates = [
+            Candidate(Face(tuple(float(v) for v in box), np.zeros((5, 2), np.float32), 1.0), vector)
+            for vector, box in zip(photo.vectors, photo.boxes, strict=True)
+        ]
+        index, _ = choose_subject(candidates, photo.size, reference)
+        chosen.append(photo.vectors[index])
+    return templates(chosen, template) if chosen else np.zeros((0, dimension), np.float32)
+
+
+@dataclass
+class BuildResult:
+    status: str  # "built", "unchanged" or "partial" (deadline reached; run again to continue)
+    version: str | None = None
+    embedded: int = 0
+    remaining: int = 0
+    persons: int = 0
+    vectors: int = 0
+    delta: dict | None = None
+    skipped: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def person_row(case: StoredCase) -> PersonRow:
+    record = case.record
+    return PersonRow(person_id=record.key, display_name=record.name[:200], source=record.source, case_id=record.case_id)
+
+
+class NightlyBuilder:
+    def __init__(self, store: Store, out: Store, models, sign: Callable[[bytes], bytes], public_key) -> None:
+        self.store, self.out, self.models = store, out, models
+        self.sign, self.public_key = sign, public_key
+        self.embedder = ModelRef(**models.embedder_ref)
+        self.detector = ModelRef(**models.detector_ref)
+        self.cache = EmbeddingCache(out, self.embedder, models.dimension).load()
+        self.embed = embed_photo_with(models)
+
+    def run(self, deadline: float | None = None, now: datetime | None = None) -> BuildResult:
+        from tqdm import tqdm
+
+        from sync_service.gallery.enrol import TEMPLATE
+
+        cases = list(self.store.iter_cases())
+        todo = [(case, photo) for case in cases for photo in case.photos if photo.sha256 not in self.cache]
+        result = BuildResult("built")
+        seen: set[str] = set()
+        skipped: set[str] = set()
+        for case, photo in tqdm(todo, desc="embedding", unit="photo", disable=len(todo) < 50):
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            if photo.sha256 in seen:
+                continue  # the same photo in two cases is embedded once
+            try:
+                data = self.store.read_photo(photo)
+            except StoreError as error:
+                log.error("gallery build: photo %s of %s unreadable, left out this time: %s", photo.key, case.record.key, error)  # fmt: skip
+                result.skipped.append(photo.key)
+                skipped.add(photo.sha256)
+                continue
+            self.cache.add(photo.sha256, self.embed(data))
+            seen.add(photo.sha256)
+            result.embedded += 1
+        self.cache.flush()
+        result.remaining = len({p.sha256 for _, p in todo if p.sha256 not in self.cache} - skipped)
+        if result.remaining > 0:
+            result.status = "partial"
+            log.info("gallery build: deadline reached, %d photos left to embed; run again", result.remaining)
+            return result
+        groups: dict[str, np.ndarray] = {}
+        rows: dict[str, PersonRow] = {}
+        for case in cases:
+            faces = [self.cache.get(p.sha256) for p in sorted(case.photos, key=lambda p: p.key)]
+            vectors = person_vectors([f for f in faces if f is not None], TEMPLATE, self.models.dimension)
+            if len(vectors):
+                groups[case.record.key], rows[case.record.key] = vectors, person_row(case)
+        gallery = canonical(groups, rows, self.models.dimension)
+        return self.write(gallery, TEMPLATE, result, now or datetime.now(UTC))
+
+    def previous(self) -> tuple[LatestPointer, GalleryData] | None:
+        data = self.out.read_bytes(BUILD_RECORD)
+        if data is None:
+            return None
+        record = LatestPointer.parse(data, f"{self.out.url}/{BUILD_RECORD}")
+        with tempfile.TemporaryDirectory() as tmp:
+            copy_bundle(self.out, BUILD_ROOT + record.full, LocalStore(tmp), "")
+            try:
+                bundle = load_bundle(Path(tmp), self.public_key, require_signature=True)
+            except BundleError as error:
+                log.error("gallery build: previous build unusable, writing a full bundle only: %s", error)
+                return None
+        if not bundle.manifest.embedder_compatible(self.embedder):
+            log.info("gallery build: embedder changed since %s; no delta this time", record.gallery_version)
+            return None
+        return record, GalleryData.from_bundle(bundle)
+
+    def write(self, gallery: GalleryData, template: str, result: BuildResult, now: datetime) -> BuildResult:
+        previous = self.previous()
+        if previous is not None and _same(previous[1], gallery):
+            result.status, result.version = "unchanged", previous[0].gallery_version
+            return result
+        record, result.delta = write_build(
+            self.out, gallery, previous, embedder=self.embedder, detector=self.detector, template=template,
+            sign=self.sign, now=now,
+        )  # fmt: skip
+        result.version, result.persons, result.vectors = (
+            record.gallery_version,
+            len(gallery.persons),
+            len(gallery.labels),
+        )
+        log.info(
+            "gallery build: %s with %d persons, %d vectors", record.gallery_version, result.persons, result.vectors
+        )
+        return result
+
+
+def write_build(
+    out: Store,
+    gallery: GalleryData,
+    previous: tuple[LatestPointer, GalleryData] | None,
+    *,
+    embedder: ModelRef,
+    detector: ModelRef,
+    template: str,
+    sign: Callable[[bytes], bytes],
+    now: datetime,
+) -> tuple[LatestPointer, dict | None]:
+    """Write the signed full bundle and, given the previous build, the delta from it; record the build last."""
+    version = now.strftime("%Y%m%dT%H%M%SZ")
+    fields = {
+        "gallery_version": version,
+        "created_at": now,
+        "detector": detector,
+        "embedder": embedder,
+        "template": template,
+        "search": choose_search(len(gallery.labels)),
+    }
+    record = LatestPointer(gallery_version=version, full=f"{version}/full/", embedder=embedder, published_at=now)
+    delta_info = None
+    with tempfile.TemporaryDirectory() as tmp:
+        full_dir, delta_dir = Path(tmp, "full"), Path(tmp, "delta")
+        write_bundle(full_dir, manifest_fields=fields, vectors=gallery.vectors, labels=gallery.labels,
+                     persons=gallery.persons, sign=sign)  # fmt: skip
+        copy_bundle(LocalStore(tmp), "full/", out, BUILD_ROOT + record.full)
+        if previous is not None:
+            base_record, base = previous
+            delta = compute_delta(base, gallery)
+            write_bundle(
+                delta_dir,
+                manifest_fields={**fields, "kind": "delta", "base_version": base_record.gallery_version},
+                vectors=delta.vectors,
+                labels=delta.labels,
+                persons=delta.persons,
+                removed=delta.removed,
+                extra_files={
+                    FULL_MANIFEST: (full_dir / MANIFEST).read_bytes(),
+                    FULL_SIGNATURE: (full_dir / SIGNATURE).read_bytes(),
+                },
+                sign=sign,
+            )
+            record.delta = DeltaRef(base_version=base_record.gallery_version, path=f"{version}/delta/")
+            copy_bundle(LocalStore(tmp), "delta/", out, BUILD_ROOT + record.delta.path)
+            delta_info = {
+                "base_version": base_record.gallery_version,
+                "added_vectors": len(delta.labels),
+                "removed_persons": len(delta.removed),
+                "person_rows": len(delta.persons),
+                "full_bytes": sum(f.stat().st_size for f in full_dir.iterdir()),
+                "delta_bytes": sum(f.stat().st_size for f in delta_dir.iterdir()),
+            }
+    out.write_bytes(BUILD_RECORD, record.to_json().encode())  # last: the build is complete
+    return record, delta_info
+
+
+def _same(a: GalleryData, b: GalleryData) -> bool:
+    return a.labels == b.labels and a.persons == b.persons and np.array_equal(a.vectors, b.vectors)
+
+
+def make_builder(store_url: str, out_url: str) -> NightlyBuilder:
+    from models.recognizer import FaceModels
+    from sync_service.gallery.signing import load_private_key, signer
+
+    key = load_private_key()
+    return NightlyBuilder(open_store(store_url), open_store(out_url), FaceModels.load(), signer(key), key.public_key())
+
+
+def build_from_store_command(store_url: str, out: str) -> None:
+    """``mpd gallery build --store URL --out URL``: one complete incremental build."""
+    import click
+
+    from sync_service.gallery.signing import SigningKeyError
+
+    try:
+        result = make_builder(store_url, out).run()
+    except (SigningKeyError, StoreError, BundleError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(json.dumps(result.as_dict()))
+
+
+def lambda_handler(event: dict, context) -> dict:
+    """Scheduled Lambda: ``{"store": "s3://...", "out": "s3://..."}`` (or $MPD_STORE_URL, $MPD_GALLERY_OUT).
+
+    Embeds until shortly before the 15-minute limit and returns ``status: partial``;
+    the next scheduled run (or a Step Functions loop on ``partial``) continues from the
+    cache. The signing key comes from $MPD_GALLERY_SIGNING_KEY(_FILE).
+    """
+    import os
+
+    from aws_lambda_powertools import Logger
+
+    logger = Logger(service="mpd-gallery-build")
+    store_url = (event or {}).get("store") or os.environ.get("MPD_STORE_URL")
+    out_url = (event or {}).get("out") or os.environ.get("MPD_GALLERY_OUT")
+    if not store_url or not out_url:
+        logger.error("missing store or out location")
+        return {"status": "error", "error": "give event.store and event.out (or MPD_STORE_URL and MPD_GALLERY_OUT)"}
+    seconds_left = context.get_remaining_time_in_millis() / 1000.0 if context is not None else 900.0
+    deadline = time.monotonic() + max(0.0, seconds_left - LAMBDA_SAFETY_SECONDS)
+    result = make_builder(store_url, out_url).run(deadline=deadline)
+    logger.info("gallery build finished", extra=result.as_dict())
+    return result.as_dict()
