@@ -1,0 +1,1 @@
+"""Ingest public cases into the store: incremental, resumable, polite."""
