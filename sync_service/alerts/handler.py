@@ -16,6 +16,7 @@ import binascii
 import contextvars
 import hashlib
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -129,8 +130,10 @@ class AlertService:
         sender: SmsSender,
         persistence: BasePersistenceLayer,
         lookup: CaseLookup,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self.clock = clock
         self.store = store
         self.sender = sender
         self.lookup = lookup
@@ -177,7 +180,7 @@ class AlertService:
 
     def _process(self, event: dict[str, Any], match: MatchEvent) -> dict[str, Any]:
         _ran_now.set(True)
-        now = time.time()
+        now = self.clock()
         event_id = str(match.event_id)
         cooldown_key = f"{match.source}#{match.case_id}#{match.device_id}"
         claim = self.store.claim_cooldown(
@@ -292,7 +295,9 @@ def source_fetcher(settings: AlertSettings) -> CaseFetcher | None:
     return fetch
 
 
-def build_service(settings: AlertSettings, fetch: CaseFetcher | None | bool = True) -> AlertService:
+def build_service(
+    settings: AlertSettings, fetch: CaseFetcher | None | bool = True, clock: Callable[[], float] = time.time
+) -> AlertService:
     """The service for ``settings.backend``; ``fetch=True`` uses the configured source APIs."""
     fetcher = source_fetcher(settings) if fetch is True else (fetch or None)
     lookup = CaseLookup(fetcher, settings.case_lookup_timeout)
@@ -306,6 +311,7 @@ def build_service(settings: AlertSettings, fetch: CaseFetcher | None | bool = Tr
             SnsSender(boto3.client("sns", config=BOTO_CONFIG), settings.topic_arn, settings.phone_numbers),
             DynamoDBPersistenceLayer(table_name=settings.idempotency_table, boto3_client=dynamodb),
             lookup,
+            clock,
         )
     tables = SqliteTables(settings.database)
     return AlertService(
@@ -314,6 +320,7 @@ def build_service(settings: AlertSettings, fetch: CaseFetcher | None | bool = Tr
         FileSmsSink(settings.sms_sink, settings.phone_numbers),
         SqlitePersistenceLayer(tables),
         lookup,
+        clock,
     )
 
 

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -132,7 +133,9 @@ class DynamoDecisionStore:
         from boto3.dynamodb.types import TypeSerializer
 
         serializer = TypeSerializer()
-        item = {name: serializer.serialize(value) for name, value in record.items() if value is not None}
+        # DynamoDB numbers are Decimals; a JSON round trip also turns datetimes into text.
+        plain = json.loads(json.dumps(record, default=str), parse_float=Decimal)
+        item = {name: serializer.serialize(value) for name, value in plain.items() if value is not None}
         self.client.put_item(TableName=self.audit_table, Item=item)
 
 

@@ -1,0 +1,551 @@
+"""The alert handler against real stand-ins: moto in server mode (DynamoDB, SNS) and
+the one-machine backend (SQLite + SMS file), each test on both where it applies.
+Case details come from the real NamUs adapter talking to a small in-test HTTP server
+that serves a made-up case in NamUs's real response shape."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import requests
+
+from edge_app.match_event import MAX_EVENT_BYTES, MatchEvent
+from sync_service.alerts.config import AlertSettings, Sites
+from sync_service.alerts.handler import AlertService, build_service
+from sync_service.alerts.local import create_aws_resources
+from sync_service.alerts.rule import LocalRule
+from sync_service.alerts.sms import segment_count
+from sync_service.alerts.stores import read_sms_sink
+from tests.servers import MotoServer, free_port
+
+PHONE = "+15555550123"
+SITES = Sites.model_validate(
+    {"devices": {"dev-north": {"name": "North trailhead", "timezone": "UTC", "cameras": {"cam0": "Gate camera"}}}}
+)
+RULE = LocalRule.parse()
+
+# A made-up person in the real NamUs Cases/{id} shape (see ../shared/data/sources).
+MADE_UP_CASE = {
+    "id": 990001,
+    "idFormatted": "MP990001",
+    "modifiedDateTime": "2026-01-15T10:00:00.000",
+    "caseIsResolved": False,
+    "subjectIdentification": {
+        "firstName": "Dana",
+        "lastName": "Example",
+        "currentMinAge": 41,
+        "currentMaxAge": 41,
+        "computedMissingMinAge": 35,
+        "computedMissingMaxAge": 35,
+    },
+    "subjectDescription": {"sex": {"id": 2, "name": "Female", "localizedName": "Female"}},
+    "sighting": {
+        "date": "2020-07-04",
+        "address": {"city": "Springfield", "state": {"id": 14, "name": "Illinois", "displayName": "IL"}},
+    },
+    "images": [],
+}
+
+
+class NamusStub:
+    """``GET /api/CaseSets/NamUs/MissingPersons/Cases/{n}`` with a switchable behaviour."""
+
+    def __init__(self) -> None:
+        self.mode = "ok"  # ok | slow | error | missing | resolved
+        self.delay = 3.0
+        self.requests = 0
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                stub.requests += 1
+                if not self.path.startswith("/api/CaseSets/NamUs/MissingPersons/Cases/990001"):
+                    self.send_error(404)
+                    return
+                if stub.mode == "slow":
+                    time.sleep(stub.delay)
+                if stub.mode == "error":
+                    self.send_error(503)
+                    return
+                if stub.mode == "missing":
+                    self.send_error(404)
+                    return
+                body = json.dumps(MADE_UP_CASE | {"caseIsResolved": stub.mode == "resolved"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# moto's server is threaded and its DynamoDB evaluates a ConditionExpression and writes
+# without a lock, so two concurrent conditional writes to one item can both succeed:
+# real DynamoDB never allows that, and the duplicate and cooldown checks rest on it.
+# This moto runs each request under one lock (one item write at a time, as in DynamoDB).
+SERIALIZED_MOTO = """
+import sys, threading
+import moto.server as server
+run_simple, lock = server.run_simple, threading.Lock()
+
+def serialized(host, port, app, **options):
+    def one_at_a_time(environ, start_response):
+        with lock:
+            return list(app(environ, start_response))
+    return run_simple(host, port, one_at_a_time, **options)
+
+server.run_simple = serialized
+server.main(sys.argv[1:])
+"""
+
+
+class SerializedMotoServer(MotoServer):
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", SERIALIZED_MOTO, "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.url}/moto-api/data.json", timeout=1).ok:
+                    return
+            except requests.RequestException:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"moto server did not start: {self.log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="session")
+def serialized_moto(tmp_path_factory) -> Iterator[MotoServer]:
+    server = SerializedMotoServer(tmp_path_factory.mktemp("moto-serialized"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def aws(serialized_moto, monkeypatch) -> MotoServer:
+    """boto3 pointed at a freshly reset (serialized) moto server; overrides conftest's ``aws``."""
+    serialized_moto.reset()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", serialized_moto.url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return serialized_moto
+
+
+@pytest.fixture(scope="module")
+def namus() -> Iterator[NamusStub]:
+    stub = NamusStub()
+    yield stub
+    stub.close()
+
+
+def make_event(**changes: Any) -> MatchEvent:
+    now = datetime(2026, 11, 29, 9, 12, tzinfo=UTC)
+    fields = {
+        "device_id": "dev-north",
+        "camera_id": "cam0",
+        "person_id": "namus:MP990001",
+        "source": "namus",
+        "case_id": "MP990001",
+        "display_name": "Dana Example",
+        "best_similarity": 0.612,
+        "mean_similarity": 0.55,
+        "frames_used": 7,
+        "first_seen": now - timedelta(seconds=4),
+        "last_seen": now,
+        "gallery_version": "2026-11-28",
+        "model_id": "sface_2021dec",
+        "threshold": 0.42,
+    }
+    return MatchEvent(**(fields | changes))
+
+
+def rule_event(event: MatchEvent | bytes, topic: str | None = None) -> dict:
+    payload = event if isinstance(event, bytes) else event.to_json().encode()
+    device = topic or f"mpd/{event.device_id if isinstance(event, MatchEvent) else 'dev-north'}/match"
+    return RULE.event_for(device, payload)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Backend:
+    """One way of running the handler, with its SMS record."""
+
+    name: str
+    settings: AlertSettings
+    sms: Callable[[], list[dict]]
+
+    def service(self, fetch: Any = True, clock: Callable[[], float] = time.time, **changes: Any) -> AlertService:
+        return build_service(self.settings.model_copy(update=changes), fetch=fetch, clock=clock)
+
+
+def local_backend(tmp_path: Path, namus_url: str) -> Backend:
+    settings = AlertSettings(
+        backend="local",
+        local_dir=tmp_path,
+        phone_numbers=(PHONE,),
+        sites=SITES,
+        source_urls={"namus": namus_url},
+        case_lookup_timeout=0.5,
+    )
+    return Backend("local", settings, lambda: read_sms_sink(settings.sms_sink))
+
+
+def aws_backend(moto_server, namus_url: str) -> Backend:
+    settings = AlertSettings(
+        backend="aws", phone_numbers=(PHONE,), sites=SITES, source_urls={"namus": namus_url}, case_lookup_timeout=0.5
+    )
+    create_aws_resources(settings)
+    return Backend("aws", settings, moto_server.sent_sms)
+
+
+@pytest.fixture(params=["aws", "local"])
+def backend(request, tmp_path, namus) -> Backend:
+    namus.mode = "ok"
+    if request.param == "local":
+        return local_backend(tmp_path, namus.url)
+    return aws_backend(request.getfixturevalue("aws"), namus.url)
+
+
+@pytest.fixture()
+def aws_alerts(aws, namus) -> Backend:
+    namus.mode = "ok"
+    return aws_backend(aws, namus.url)
+
+
+# --- one event, one SMS, the right text ------------------------------------------------
+
+
+def test_device_event_sends_one_sms_with_fresh_case_details(backend):
+    service = backend.service()
+    event = make_event()
+
+    result = service.handle(rule_event(event))
+
+    assert result["decision"] == "sent"
+    sms = backend.sms()
+    assert len(sms) == 1
+    assert sms[0]["phone_number"] == PHONE
+    text = sms[0]["message"]
+    assert text.startswith("MISSING PERSON SEEN: Dana Example (F, 41 now, 35 when missing), NamUs MP990001.")
+    assert "Last seen 2020-07-04 in Springfield, IL." in text
+    assert "Seen now 2026-11-29 09:12 UTC at Gate camera, North trailhead." in text
+    assert "Similarity 0.61." in text
+    assert text.endswith("/MissingPersons/Case#/990001")
+    assert "source not reached" not in text
+    assert segment_count(text) <= 2
+    assert result["message_ids"] == [sms[0]["message_id"]]
+
+
+def test_site_time_zone_and_unknown_device_fall_back_to_ids(backend):
+    sites = Sites.model_validate({"devices": {"dev-north": {"name": "North trailhead", "timezone": "America/Chicago"}}})
+    service = backend.service(sites=sites)
+    service.handle(rule_event(make_event()))
+    service.handle(rule_event(make_event(device_id="dev-unknown", camera_id="cam7")))
+    texts = [m["message"] for m in backend.sms()]
+    assert "Seen now 2026-11-29 03:12 CST at cam0, North trailhead." in texts[0]
+    assert "at cam7, dev-unknown." in texts[1]
+
+
+def test_audit_record_holds_decision_and_message_id_without_the_face_crop(aws_alerts):
+    crop = base64.b64encode(b"\xff\xd8" + b"\x00" * 100).decode()
+    event = make_event(crop_jpeg_b64=crop)
+    result = aws_alerts.service().handle(rule_event(event))
+
+    table = boto3.resource("dynamodb").Table(aws_alerts.settings.audit_table)
+    item = table.get_item(Key={"event_id": str(event.event_id)})["Item"]
+    assert item["decision"] == "sent"
+    assert item["message_ids"] == result["message_ids"]
+    assert "crop_jpeg_b64" not in item["event"] and crop not in json.dumps(item, default=str)
+    assert item["event"]["case_id"] == "MP990001"
+    ttl_days = (int(item["expires_at"]) - time.time()) / 86400
+    assert 89 < ttl_days <= 90
+    ttl = boto3.client("dynamodb").describe_time_to_live(TableName=aws_alerts.settings.audit_table)
+    assert ttl["TimeToLiveDescription"]["AttributeName"] == "expires_at"
+
+
+def test_topic_with_sms_subscribers_gets_one_publish(aws_alerts):
+    sns = boto3.client("sns")
+    topic = sns.create_topic(Name="mpd-alerts")["TopicArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sms", Endpoint=PHONE)
+    service = aws_alerts.service(topic_arn=topic, phone_numbers=())
+    result = service.handle(rule_event(make_event()))
+    assert result["decision"] == "sent" and len(result["message_ids"]) == 1
+    assert aws_alerts.sms() == []  # moto records topic publishes on the topic, not as direct SMS
+
+
+# --- duplicates --------------------------------------------------------------------------
+
+
+def test_same_event_twice_sends_one_sms(backend):
+    service = backend.service()
+    event = rule_event(make_event())
+    first = service.handle(event)
+    again = backend.service().handle(event)  # a fresh container, as after a Lambda cold start
+    assert first["decision"] == "sent"
+    assert again["decision"] == "duplicate"
+    assert len(backend.sms()) == 1
+
+
+def test_same_event_from_many_threads_at_once_sends_one_sms(backend):
+    event = rule_event(make_event())
+    services = [backend.service() for _ in range(8)]  # separate clients, like separate Lambda containers
+    barrier = threading.Barrier(len(services))
+    results: list[dict] = []
+
+    def deliver(service: AlertService) -> None:
+        barrier.wait()
+        results.append(service.handle(event))
+
+    threads = [threading.Thread(target=deliver, args=(service,)) for service in services]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert sorted(r["decision"] for r in results) == ["duplicate"] * 7 + ["sent"]
+    assert len(backend.sms()) == 1
+
+
+def test_same_event_id_with_other_content_is_rejected(backend, caplog):
+    service = backend.service()
+    event = make_event()
+    service.handle(rule_event(event))
+    forged = make_event(event_id=event.event_id, case_id="MP990002", person_id="namus:MP990002")
+    result = service.handle(rule_event(forged))
+    assert result == {"decision": "rejected", "reason": "event_id reused with different content"}
+    assert len(backend.sms()) == 1
+
+
+# --- cooldown -----------------------------------------------------------------------------
+
+
+def test_cooldown_per_case_and_device(backend):
+    clock = Clock()
+    start = clock.now
+    service = backend.service(clock=clock, cooldown_seconds=900)
+
+    def at(offset: float, **changes: Any) -> str:
+        clock.now = start + offset
+        return service.handle(rule_event(make_event(**changes)))["decision"]
+
+    other_case = {"case_id": "MP990002", "person_id": "namus:MP990002"}  # unknown to the source: fallback text
+    decisions = [
+        at(0),
+        at(60),  # same case, same device: inside the cooldown
+        at(60, device_id="dev-south"),  # same case seen at another site: texts
+        at(60, **other_case),  # another case at the same device: texts
+        at(899),  # still inside
+        at(901),  # after the cooldown
+        at(902),  # a new cooldown runs from the last SMS
+    ]
+    assert decisions == ["sent", "cooldown", "sent", "sent", "cooldown", "sent", "cooldown"]
+    assert len(backend.sms()) == 4
+
+
+def test_different_events_for_one_case_at_once_send_one_sms(backend):
+    """The original read the cooldown, then wrote it: two events at once both texted."""
+    services = [backend.service() for _ in range(6)]
+    events = [rule_event(make_event()) for _ in services]  # six different event ids
+    barrier = threading.Barrier(len(services))
+    results: list[dict] = []
+
+    def deliver(service: AlertService, event: dict) -> None:
+        barrier.wait()
+        results.append(service.handle(event))
+
+    threads = [threading.Thread(target=deliver, args=pair) for pair in zip(services, events, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(r["decision"] for r in results) == ["cooldown"] * 5 + ["sent"]
+    assert len(backend.sms()) == 1
+
+
+# --- malformed payloads -------------------------------------------------------------------
+
+
+def _valid() -> dict:
+    return json.loads(make_event().to_json())
+
+
+def _without(field: str) -> bytes:
+    data = _valid()
+    del data[field]
+    return json.dumps(data).encode()
+
+
+def _with(**changes: Any) -> bytes:
+    return json.dumps(_valid() | changes).encode()
+
+
+MALFORMED: dict[str, tuple[Any, str]] = {
+    "not JSON": (rule_event(b"MATCH dev-north MP990001"), "not JSON"),
+    "invalid UTF-8": (rule_event(b'{"schema": "\xff\xfe"}'), "not JSON"),
+    "JSON array": (rule_event(b"[1, 2, 3]"), "not a JSON object"),
+    "empty payload": (rule_event(b""), "not JSON"),
+    "missing field": (rule_event(_without("case_id")), "case_id: Field required"),
+    "mistyped field": (rule_event(_with(best_similarity="very high")), "best_similarity"),
+    "out of range": (rule_event(_with(frames_used=0)), "frames_used"),
+    "event id not a uuid": (rule_event(_with(event_id="1234")), "event_id"),
+    "naive timestamp": (rule_event(_with(last_seen="2026-11-29T09:12:00")), "UTC offset"),
+    "unknown field": (rule_event(_with(face_embedding=[0.1] * 8)), "face_embedding"),
+    "unknown schema version": (rule_event(_with(schema="mpd.match/2")), "unknown schema"),
+    "no schema": (rule_event(_without("schema")), "unknown schema"),
+    "oversized": (rule_event(_with(display_name="x" * (MAX_EVENT_BYTES + 10))), "more than"),
+    "crop not a JPEG": (rule_event(_with(crop_jpeg_b64=base64.b64encode(b"GIF89a").decode())), "not a JPEG"),
+    "device differs from topic": (rule_event(make_event(), topic="mpd/dev-south/match"), "does not match topic"),
+    "payload not base64": ({"payload": "%%%not base64%%%", "topic": "mpd/dev-north/match"}, "not base64"),
+    "not a rule event": ({"hello": "world"}, "not a rule event"),
+    "event not an object": ("just a string", "not an object"),
+    "huge rule event": ({"payload": "A" * 200_000, "topic": "mpd/dev-north/match"}, "not a rule event"),
+}
+
+
+@pytest.mark.parametrize("kind", list(MALFORMED))
+def test_malformed_payload_is_logged_with_its_reason_and_never_texts(kind, aws_alerts, caplog):
+    event, reason = MALFORMED[kind]
+    with caplog.at_level(logging.WARNING, logger="mpd-alerts"):
+        result = aws_alerts.service().handle(event)
+    assert result["decision"] == "rejected"
+    assert reason in result["reason"]
+    logged = [r for r in caplog.records if r.getMessage() == "rejected payload"]
+    assert len(logged) == 1 and reason in logged[0].reason
+    assert aws_alerts.sms() == []
+    # Nothing of the rejected payload is stored either.
+    audit = boto3.client("dynamodb").scan(TableName=aws_alerts.settings.audit_table)
+    assert audit["Count"] == 0
+
+
+def test_malformed_payloads_on_the_local_backend_never_text(tmp_path, namus):
+    backend = local_backend(tmp_path, namus.url)
+    service = backend.service()
+    assert all(service.handle(event)["decision"] == "rejected" for event, _ in MALFORMED.values())
+    assert backend.sms() == []
+
+
+# --- the source API slow, down or changed ----------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["slow", "error", "down", "missing"])
+def test_source_api_trouble_still_texts_on_time_with_the_events_data(mode, backend, namus):
+    namus.mode = mode
+    fetch_url = namus.url if mode != "down" else f"http://127.0.0.1:{free_port()}"
+    service = backend.service(source_urls={"namus": fetch_url}, case_lookup_timeout=0.5)
+
+    started = time.perf_counter()
+    result = service.handle(rule_event(make_event()))
+    elapsed = time.perf_counter() - started
+
+    assert result["decision"] == "sent" and result["details_fresh"] is False
+    assert elapsed < 0.5 + 0.7  # the lookup budget plus the rest of the work, not the 3 s the source takes
+    text = backend.sms()[0]["message"]
+    assert text.startswith("MISSING PERSON SEEN: Dana Example, NamUs MP990001.")
+    assert "(details from the device: case source not reached)" in text
+    assert text.endswith("https://www.namus.gov/MissingPersons/Case#/990001")
+
+
+def test_resolved_case_does_not_text_and_frees_the_cooldown(backend, namus):
+    namus.mode = "resolved"
+    service = backend.service()
+    assert service.handle(rule_event(make_event()))["decision"] == "case_resolved"
+    assert backend.sms() == []
+    namus.mode = "ok"  # e.g. re-opened: the next event texts at once
+    assert service.handle(rule_event(make_event()))["decision"] == "sent"
+
+
+# --- SNS and DynamoDB failing -------------------------------------------------------------------
+
+
+def test_sns_failing_raises_then_the_retry_sends_exactly_one_sms(aws_alerts, monkeypatch):
+    event = rule_event(make_event())
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SNS", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    failing = aws_alerts.service()
+    with pytest.raises(Exception, match="Could not connect"):
+        failing.handle(event)
+    assert aws_alerts.sms() == []
+    dynamodb = boto3.client("dynamodb")
+    # Powertools removed its in-progress record and the cooldown claim was released,
+    # so AWS's retry of this invocation is not mistaken for a duplicate or a repeat.
+    assert dynamodb.scan(TableName=aws_alerts.settings.idempotency_table)["Count"] == 0
+    assert dynamodb.scan(TableName=aws_alerts.settings.cooldown_table)["Count"] == 0
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL_SNS")
+    retried = aws_alerts.service()
+    assert retried.handle(event)["decision"] == "sent"
+    assert retried.handle(event)["decision"] == "duplicate"
+    assert len(aws_alerts.sms()) == 1
+
+
+def test_dynamodb_down_raises_and_does_not_text(aws_alerts, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    with pytest.raises(Exception, match="Could not connect|Failed to"):
+        aws_alerts.service().handle(rule_event(make_event()))
+    assert aws_alerts.sms() == []
+
+
+def test_lambda_entry_point_reads_its_configuration_from_the_environment(aws_alerts, monkeypatch, namus):
+    from sync_service.alerts import handler
+
+    monkeypatch.setattr(handler, "_service", None)
+    monkeypatch.setenv("MPD_ALERT_PHONE_NUMBERS", PHONE)
+    monkeypatch.setenv("MPD_SITES", SITES.model_dump_json())
+    monkeypatch.setenv("MPD_SOURCE_URLS", json.dumps({"namus": namus.url}))
+
+    class Context:
+        function_name = "mpd-alerts"
+        memory_limit_in_mb = 256
+        invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:mpd-alerts"
+        aws_request_id = str(uuid.uuid4())
+
+        def get_remaining_time_in_millis(self) -> int:
+            return 10_000
+
+    result = handler.lambda_handler(rule_event(make_event()), Context())
+    assert result["decision"] == "sent" and result["details_fresh"] is True
+    assert "Dana Example (F, 41 now" in aws_alerts.sms()[0]["message"]
+    assert handler.lambda_handler({"payload": "e30=", "topic": "mpd/x/match"}, Context())["decision"] == "rejected"
