@@ -1,0 +1,1 @@
+"""The device frame path: capture, tracking, confirmation, the frame loop and its runner."""

@@ -1,0 +1,164 @@
+"""The per-frame work: detect, track, and only for faces that need it gate, embed, search,
+vote and confirm; a confirmed match goes into the durable outbox.
+
+Kept lean on purpose (it runs for every frame): faces of a confirmed track are not
+aligned or embedded again except for a periodic recheck, settled strangers are
+re-embedded only every few frames, and all faces embedded in a frame are searched
+in one batch. Model time (detection, embedding) is accounted separately so the
+benchmark can compare the pipeline with the bare model calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge_app.config import RecognitionConfig
+from edge_app.gallery.live import LiveGallery
+from edge_app.match_event import match_topic
+from edge_app.outbox import Outbox
+from edge_app.pipeline.capture import Frame
+from edge_app.pipeline.events import build_event, face_crop
+from edge_app.pipeline.tracking import Confirmation, Tracker, vote_from_matches
+from models.quality import assess
+from models.thresholds import DEFAULT_THRESHOLD
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Counters:
+    frames: int = 0
+    faces: int = 0  # detections summed over frames
+    embedded: int = 0
+    rejected: int = 0  # faces the quality gate refused (when they needed an embedding)
+    confirmations: int = 0
+    events: int = 0
+    suppressed: int = 0  # confirmations inside a person's cooldown on that camera
+    detect_s: float = 0.0
+    embed_s: float = 0.0
+    latencies_s: list[float] = field(default_factory=list)  # a track's first frame -> event in the outbox
+    frames_to_confirm: list[int] = field(default_factory=list)  # source frames from a track's first to its event
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """What the device did, for the summary and tests (no face data)."""
+
+    event_id: str
+    camera_id: str
+    person_id: str
+    first_frame: int
+    confirm_frame: int
+    latency_s: float
+
+
+class FrameProcessor:
+    def __init__(
+        self, models, live_gallery: LiveGallery, outbox: Outbox, device_id: str, settings: RecognitionConfig
+    ) -> None:
+        self.models = models
+        self.live_gallery = live_gallery
+        self.outbox = outbox
+        self.device_id = device_id
+        self.topic = match_topic(device_id)
+        self.settings = settings  # replaced whole by a live update; read once per frame
+        self.trackers: dict[str, Tracker] = {}
+        self.counters = Counters()
+        self.events: list[EventRecord] = []
+        self.last_faces = 0
+
+    def threshold(self, settings: RecognitionConfig | None = None) -> float:
+        settings = settings or self.settings
+        return DEFAULT_THRESHOLD if settings.threshold is None else settings.threshold
+
+    def tracker(self, camera_id: str) -> Tracker:
+        tracker = self.trackers.get(camera_id)
+        if tracker is None:
+            tracker = self.trackers[camera_id] = Tracker(camera_id)
+        return tracker
+
+    def active_tracks(self) -> int:
+        return sum(len(t.tracks) for t in self.trackers.values())
+
+    def process(self, frame: Frame) -> list[EventRecord]:
+        settings = self.settings
+        gallery = self.live_gallery.current()  # one gallery for the whole frame, even during a swap
+        threshold = self.threshold(settings)
+        counters = self.counters
+        counters.frames += 1
+
+        started = time.perf_counter()
+        faces = self.models.detect(frame.image)
+        counters.detect_s += time.perf_counter() - started
+        counters.faces += len(faces)
+        self.last_faces = len(faces)
+
+        tracker = self.tracker(frame.camera_id)
+        tracks = tracker.associate(
+            [face.box for face in faces], frame.index, frame.captured_mono, frame.captured_wall, settings
+        )
+        work = []
+        for face, track in zip(faces, tracks, strict=True):
+            if not track.needs_embedding(settings):
+                continue
+            aligned = self.models.align(frame.image, face)
+            assess(face, aligned)
+            if face.rejected:
+                counters.rejected += 1
+                continue
+            work.append((face, track, aligned))
+        if not work:
+            return []
+
+        started = time.perf_counter()
+        vectors = np.stack([self.models.embed_aligned(aligned) for _, _, aligned in work])
+        counters.embed_s += time.perf_counter() - started
+        counters.embedded += len(work)
+        results = gallery.search(vectors, k=2)
+
+        records = []
+        for (face, track, _), vector, matches in zip(work, vectors, results, strict=True):
+            track = tracker.split_if_other_person(
+                track, vector, frame.index, frame.captured_mono, frame.captured_wall, settings
+            )
+            vote = vote_from_matches(matches, threshold, settings.margin)
+            crop = None
+            if vote.person_id is not None and settings.send_crop:
+                crop = face_crop(frame.image, face.box, settings.crop_max_px)
+            confirmation = tracker.add_vote(track, vector, vote, frame.captured_mono, settings, crop)
+            if confirmation is not None:
+                record = self._confirmed(confirmation, frame, gallery, threshold, settings)
+                if record is not None:
+                    records.append(record)
+        return records
+
+    def _confirmed(self, confirmation: Confirmation, frame: Frame, gallery, threshold, settings) -> EventRecord | None:
+        counters = self.counters
+        counters.confirmations += 1
+        if confirmation.in_cooldown:
+            counters.suppressed += 1
+            return None
+        event = build_event(confirmation, gallery, self.device_id, frame.camera_id, threshold, settings.send_crop)
+        self.outbox.put(str(event.event_id), self.topic, event.to_json())
+        track = confirmation.track
+        latency = time.monotonic() - track.first_seen_mono
+        counters.events += 1
+        counters.latencies_s.append(latency)
+        counters.frames_to_confirm.append(frame.index - track.first_frame)
+        # Drop the kept crops: the event has its one crop; nothing else of this face is needed.
+        track.best_crops.clear()
+        record = EventRecord(
+            event_id=str(event.event_id),
+            camera_id=frame.camera_id,
+            person_id=confirmation.person_id,
+            first_frame=track.first_frame,
+            confirm_frame=frame.index,
+            latency_s=latency,
+        )
+        self.events.append(record)
+        log.info("confirmed %s on %s (event %s)", confirmation.person_id, frame.camera_id, record.event_id)
+        return record

@@ -1,0 +1,278 @@
+"""Runs the device: capture threads, the frame loop, the outbox sender and health.
+
+One frame loop serves every camera (round robin over their newest frames); on two
+cores the capture threads decode while the loop runs the models. ``apply_update``
+takes a validated configuration change (thresholds, confirmation, cooldown, cameras)
+while running; the Greengrass component feeds its IPC configuration updates into it.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+from edge_app.config import CameraConfig, EdgeConfig, apply_update
+from edge_app.gallery.live import LiveGallery
+from edge_app.health import HealthReporter
+from edge_app.match_event import HealthReport
+from edge_app.outbox import Outbox, OutboxSender
+from edge_app.pipeline.capture import Capture, FrameSource
+from edge_app.pipeline.frame_loop import FrameProcessor
+from edge_app.publishers import Publisher
+
+log = logging.getLogger(__name__)
+
+SUMMARY_SCHEMA = "mpd.edge-summary/1"
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class EdgeRunner:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        models,
+        live_gallery: LiveGallery,
+        publisher: Publisher | None,
+        *,
+        realtime: bool = False,
+        max_frames: int | None = None,
+        status: TextIO | None = sys.stderr,
+        status_interval_s: float = 0.5,
+    ) -> None:
+        self.config = config
+        self.live_gallery = live_gallery
+        self.publisher = publisher
+        self.realtime = realtime
+        self.max_frames = max_frames
+        self.status = status
+        self.status_interval_s = status_interval_s if (status is not None and status.isatty()) else 10.0
+        self.outbox = Outbox(config.outbox.path, config.outbox.max_events)
+        self.processor = FrameProcessor(models, live_gallery, self.outbox, config.device_id, config.recognition)
+        self.captures: dict[str, Capture] = {}
+        self.finished_captures: list[Capture] = []
+        self.sender: OutboxSender | None = None
+        self.health: HealthReporter | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # guards self.captures against a concurrent apply_update
+        self._started_mono: float | None = None
+        self._elapsed_s = 0.0
+        self.interrupted = False
+
+    # --- control (any thread) ---------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish the current frame and return (signal handlers call this)."""
+        self.interrupted = True
+        self._stop.set()
+
+    def apply_update(self, update: Mapping[str, Any]) -> EdgeConfig:
+        """Validate and apply a live configuration change; raises ConfigError and keeps the
+        current configuration when the update is invalid."""
+        new = apply_update(self.config, update)
+        self.processor.settings = new.recognition  # one reference: the next frame sees all of it
+        if new.cameras != self.config.cameras:
+            self._set_cameras(new.cameras)
+        self.config = new
+        log.info("configuration updated: %s", ", ".join(sorted(update)))
+        return new
+
+    # --- running -------------------------------------------------------------------------
+
+    def open_cameras(self, cameras: list[CameraConfig] | None = None) -> None:
+        """Open every source now so a bad one fails before anything runs (SourceError)."""
+        self._set_cameras(cameras if cameras is not None else self.config.cameras, start=False)
+
+    def run(self) -> dict:
+        if not self.captures:
+            self.open_cameras()
+        if self.publisher is not None:
+            self.sender = OutboxSender(
+                self.outbox, self.publisher, self.config.outbox.backoff_initial_s, self.config.outbox.backoff_max_s
+            )
+            self.sender.start()
+            self.health = HealthReporter(
+                self.config.device_id, self.publisher, self.health_report, lambda: self.config.health_interval_s
+            )
+            self.health.start()
+        self._started_mono = time.monotonic()
+        with self._lock:
+            for capture in self.captures.values():
+                capture.start()
+        try:
+            self._loop()
+        finally:
+            self._elapsed_s = time.monotonic() - self._started_mono
+            self._shutdown_captures()
+            if self.status is not None:
+                self._print_status(final=True)
+        return self.summary()
+
+    def _loop(self) -> None:
+        next_status = time.monotonic() + self.status_interval_s
+        while not self._stop.is_set():
+            with self._lock:
+                captures = list(self.captures.values())
+            if not captures:
+                break
+            got_frame = False
+            for capture in captures:
+                frame = capture.take(timeout=0.05 if len(captures) == 1 else 0.0)
+                if frame is None:
+                    if capture.exhausted:
+                        self._retire(capture)
+                    continue
+                got_frame = True
+                self.processor.process(frame)
+                if self._stop.is_set():
+                    break
+            if not got_frame and len(captures) > 1:
+                time.sleep(0.005)
+            if self.status is not None and time.monotonic() >= next_status:
+                self._print_status()
+                next_status = time.monotonic() + self.status_interval_s
+
+    def drain_outbox(self, timeout_s: float) -> bool:
+        """Give the sender up to ``timeout_s`` to deliver what is queued (events stay queued otherwise)."""
+        if self.sender is None:
+            return self.outbox.depth() == 0
+        return self.sender.drain(timeout_s)
+
+    def close(self) -> None:
+        if self.health is not None:
+            self.health.stop()
+        if self.sender is not None:
+            self.sender.stop()
+        if self.publisher is not None:
+            self.publisher.close()
+        self.outbox.close()
+
+    # --- reporting -----------------------------------------------------------------------
+
+    def fps(self) -> float:
+        elapsed = self._elapsed_s or (time.monotonic() - self._started_mono if self._started_mono else 0.0)
+        return self.processor.counters.frames / elapsed if elapsed > 0 else 0.0
+
+    def health_report(self) -> HealthReport:
+        c = self.processor.counters
+        return HealthReport(
+            device_id=self.config.device_id,
+            gallery_version=self.live_gallery.version,
+            fps=round(self.fps(), 2),
+            outbox_depth=self.outbox.depth(),
+            cameras=sorted(self.captures),
+            detail={"frames": c.frames, "events": c.events, "dropped": self._all_captures_sum("dropped")},
+        )
+
+    def summary(self) -> dict:
+        c = self.processor.counters
+        read = self._all_captures_sum("frames_read")
+        fps_by_camera = {cap.camera_id: cap.source.fps for cap in self._all_captures()}
+        to_confirm_s = []
+        for record in self.processor.events:
+            fps = fps_by_camera.get(record.camera_id)
+            if fps:
+                to_confirm_s.append((record.confirm_frame - record.first_frame) / fps)
+        model_s = c.detect_s + c.embed_s
+        return {
+            "schema": SUMMARY_SCHEMA,
+            "interrupted": self.interrupted,
+            "frames_read": read,
+            "frames_processed": c.frames,
+            "frames_dropped": self._all_captures_sum("dropped"),
+            "elapsed_s": round(self._elapsed_s, 3),
+            "fps": round(self.fps(), 2),
+            "faces": c.faces,
+            "faces_embedded": c.embedded,
+            "faces_rejected_by_gate": c.rejected,
+            "tracks": sum(t.tracks_started for t in self.processor.trackers.values()),
+            "confirmations": c.confirmations,
+            "suppressed_by_cooldown": c.suppressed,
+            "events": c.events,
+            "event_ids": [r.event_id for r in self.processor.events],
+            "persons": sorted({r.person_id for r in self.processor.events}),
+            "latency_s": {
+                "median": _round(statistics.median(c.latencies_s)) if c.latencies_s else None,
+                "p95": _round(_percentile(c.latencies_s, 0.95)),
+                "max": _round(max(c.latencies_s, default=None)),
+            },
+            "video_s_to_confirm": {
+                "median": _round(statistics.median(to_confirm_s)) if to_confirm_s else None,
+                "max": _round(max(to_confirm_s, default=None)),
+            },
+            "model_s": {"detect": round(c.detect_s, 3), "embed": round(c.embed_s, 3), "total": round(model_s, 3)},
+            "outbox_depth": self.outbox.depth(),
+            "gallery_version": self.live_gallery.version,
+            "errors": [f"{cap.camera_id}: {cap.error}" for cap in self._all_captures() if cap.error]
+            + [f"{cap.camera_id}: skipped {s}" for cap in self._all_captures() for s in cap.source.skipped],
+        }
+
+    def _print_status(self, final: bool = False) -> None:
+        c = self.processor.counters
+        line = (
+            f"fps {self.fps():5.1f} | faces {self.processor.last_faces} | tracks {self.processor.active_tracks()} "
+            f"| confirmed {c.events} | outbox {self.outbox.depth()} | gallery {self.live_gallery.version}"
+        )
+        if self.status.isatty():
+            self.status.write("\r" + line + ("\n" if final else ""))
+        else:
+            self.status.write(line + "\n")
+        self.status.flush()
+
+    # --- cameras -----------------------------------------------------------------------
+
+    def _set_cameras(self, cameras: list[CameraConfig], start: bool = True) -> None:
+        wanted = {camera.id: camera for camera in cameras}
+        with self._lock:
+            current = dict(self.captures)
+        opened = {}
+        for camera in cameras:  # open new sources first: a bad one changes nothing
+            running = current.get(camera.id)
+            if running is None or running.source.spec != camera.source:
+                opened[camera.id] = Capture(
+                    camera.id, FrameSource(camera.source), realtime=self.realtime, max_frames=self.max_frames
+                )
+        with self._lock:
+            for camera_id, capture in current.items():
+                if camera_id not in wanted or camera_id in opened:
+                    capture.stop()
+                    del self.captures[camera_id]
+                    self.finished_captures.append(capture)
+            for camera_id, capture in opened.items():
+                self.captures[camera_id] = capture
+                if start:
+                    capture.start()
+
+    def _retire(self, capture: Capture) -> None:
+        with self._lock:
+            if self.captures.get(capture.camera_id) is capture:
+                del self.captures[capture.camera_id]
+                self.finished_captures.append(capture)
+
+    def _shutdown_captures(self) -> None:
+        for capture in self._all_captures():
+            capture.stop()
+        for capture in self._all_captures():
+            if capture.is_alive():
+                capture.join(timeout=2)
+
+    def _all_captures(self) -> list[Capture]:
+        with self._lock:
+            return list(self.captures.values()) + list(self.finished_captures)
+
+    def _all_captures_sum(self, attribute: str) -> int:
+        return sum(getattr(capture, attribute) for capture in self._all_captures())
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

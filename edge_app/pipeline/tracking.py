@@ -1,0 +1,228 @@
+"""Tracks faces across frames and decides when a track is a confirmed match.
+
+Pure logic on boxes, vectors and gallery results (no OpenCV, no models), so it is
+tested on plain numbers and runs the same on any source.
+
+- **Association**: a detection joins the track whose last box overlaps it most (IoU),
+  or, for a fast mover, whose centre is within one face width. When the detection is
+  embedded and its vector disagrees with the track's last vector (another person
+  stepped into the same place), it starts a new track instead.
+- **Votes**: each embedded frame votes for the best gallery person when the similarity
+  reaches the threshold and beats the next person by ``margin``; otherwise for no one.
+- **Confirmation**: among the last ``confirm_window`` votes, one person needs at least
+  ``confirm_frames`` votes and no other person may have any (disagreement confirms no one).
+- **Cooldown**: a person confirmed on a camera is not confirmed again there within
+  ``cooldown_s``; the track stays confirmed but emits nothing.
+- **Lean**: a confirmed track is re-embedded only every ``recheck_every`` frames and a
+  settled stranger (a full window of no-one votes) every ``stranger_every`` frames.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge_app.config import RecognitionConfig
+
+Box = tuple[float, float, float, float]  # x, y, width, height
+# Below this cosine two embeddings are treated as different people for association.
+SAME_TRACK_MIN_SIMILARITY = 0.25
+
+
+@dataclass(frozen=True)
+class Vote:
+    person_id: str | None
+    similarity: float  # best gallery similarity of this frame, whoever it was
+
+
+@dataclass
+class Track:
+    track_id: int
+    box: Box
+    first_frame: int
+    first_seen_mono: float
+    first_seen_wall: float
+    last_frame: int
+    last_seen_mono: float
+    last_seen_wall: float
+    votes: deque = field(default_factory=deque)
+    embedding: np.ndarray | None = None
+    frames_since_embed: int = 0
+    confirmed_person: str | None = None
+    # Best frame per voted person: (similarity, crop). Kept in memory only, and only for
+    # faces that matched a gallery person: no stranger's face is retained.
+    best_crops: dict[str, tuple[float, np.ndarray]] = field(default_factory=dict)
+
+    def needs_embedding(self, settings: RecognitionConfig) -> bool:
+        if self.embedding is None:
+            return True
+        if self.confirmed_person is not None:
+            return self.frames_since_embed >= settings.recheck_every
+        settled_stranger = len(self.votes) >= settings.confirm_window and all(v.person_id is None for v in self.votes)
+        if settled_stranger:
+            return self.frames_since_embed >= settings.stranger_every
+        return True
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    track: Track
+    person_id: str
+    best_similarity: float
+    mean_similarity: float
+    frames_used: int
+    in_cooldown: bool
+
+
+def iou(a: Box, b: Box) -> float:
+    ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    w = min(ax2, bx2) - max(a[0], b[0])
+    h = min(ay2, by2) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = w * h
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def _centre_distance(a: Box, b: Box) -> float:
+    return float(np.hypot(a[0] + a[2] / 2 - b[0] - b[2] / 2, a[1] + a[3] / 2 - b[1] - b[3] / 2))
+
+
+def vote_from_matches(matches: list, threshold: float, margin: float) -> Vote:
+    """``matches``: the gallery's best persons for one face (objects with person_id, similarity)."""
+    if not matches:
+        return Vote(None, 0.0)
+    best = matches[0]
+    if best.similarity < threshold:
+        return Vote(None, best.similarity)
+    if len(matches) > 1 and best.similarity - matches[1].similarity < margin:
+        return Vote(None, best.similarity)  # two persons about equally close: no one
+    return Vote(best.person_id, best.similarity)
+
+
+class Tracker:
+    """Tracks and confirmations for one camera."""
+
+    def __init__(self, camera_id: str) -> None:
+        self.camera_id = camera_id
+        self.tracks: dict[int, Track] = {}
+        self.tracks_started = 0
+        self._next_id = 1
+        self._last_confirmed: dict[str, float] = {}  # person_id -> monotonic time
+
+    def associate(
+        self, boxes: list[Box], frame: int, now_mono: float, now_wall: float, settings: RecognitionConfig
+    ) -> list[Track]:
+        """The track of each box (new tracks for unmatched boxes); stale tracks are dropped."""
+        for track_id in [
+            t for t, track in self.tracks.items() if now_mono - track.last_seen_mono > settings.track_timeout_s
+        ]:
+            del self.tracks[track_id]
+        candidates = []
+        for box_index, box in enumerate(boxes):
+            for track in self.tracks.values():
+                overlap = iou(box, track.box)
+                near = _centre_distance(box, track.box) < max(track.box[2], track.box[3])
+                if overlap > 0.2 or near:
+                    candidates.append((overlap, -_centre_distance(box, track.box), box_index, track.track_id))
+        candidates.sort(reverse=True)
+        assigned: dict[int, Track] = {}
+        used_tracks: set[int] = set()
+        for _, _, box_index, track_id in candidates:
+            if box_index in assigned or track_id in used_tracks:
+                continue
+            assigned[box_index] = self.tracks[track_id]
+            used_tracks.add(track_id)
+        result = []
+        for box_index, box in enumerate(boxes):
+            track = assigned.get(box_index)
+            if track is None:
+                track = self._new_track(box, frame, now_mono, now_wall, settings)
+            else:
+                track.box = box
+                track.last_frame, track.last_seen_mono, track.last_seen_wall = frame, now_mono, now_wall
+                track.frames_since_embed += 1
+            result.append(track)
+        return result
+
+    def split_if_other_person(
+        self, track: Track, embedding: np.ndarray, frame: int, now_mono: float, now_wall: float, settings
+    ) -> Track:
+        """A new track when ``embedding`` clearly belongs to someone else than ``track``."""
+        if track.embedding is not None and float(np.dot(track.embedding, embedding)) < SAME_TRACK_MIN_SIMILARITY:
+            del self.tracks[track.track_id]
+            return self._new_track(track.box, frame, now_mono, now_wall, settings)
+        return track
+
+    def add_vote(
+        self,
+        track: Track,
+        embedding: np.ndarray,
+        vote: Vote,
+        now_mono: float,
+        settings: RecognitionConfig,
+        crop: np.ndarray | None = None,
+    ) -> Confirmation | None:
+        """Record one embedded frame's vote; returns a Confirmation when the track becomes confirmed."""
+        track.embedding = embedding
+        track.frames_since_embed = 0
+        if track.votes.maxlen != settings.confirm_window:  # the window changed by a live update
+            track.votes = deque(track.votes, maxlen=settings.confirm_window)
+        track.votes.append(vote)
+        if vote.person_id is not None and crop is not None:
+            best = track.best_crops.get(vote.person_id)
+            if best is None or vote.similarity > best[0]:
+                track.best_crops[vote.person_id] = (vote.similarity, crop)
+        if track.confirmed_person is not None:
+            if vote.person_id is not None and vote.person_id != track.confirmed_person:
+                # A recheck now sees someone else: start confirming afresh.
+                track.confirmed_person = None
+                track.votes = deque([vote], maxlen=settings.confirm_window)
+            return None
+        person_id, agreeing = self._leader(track.votes)
+        if person_id is None or len(agreeing) < settings.confirm_frames:
+            return None
+        track.confirmed_person = person_id
+        last = self._last_confirmed.get(person_id)
+        in_cooldown = last is not None and now_mono - last < settings.cooldown_s
+        if not in_cooldown:
+            self._last_confirmed[person_id] = now_mono
+        return Confirmation(
+            track=track,
+            person_id=person_id,
+            best_similarity=max(agreeing),
+            mean_similarity=sum(agreeing) / len(agreeing),
+            frames_used=len(agreeing),
+            in_cooldown=in_cooldown,
+        )
+
+    def in_cooldown(self, person_id: str, now_mono: float, settings: RecognitionConfig) -> bool:
+        last = self._last_confirmed.get(person_id)
+        return last is not None and now_mono - last < settings.cooldown_s
+
+    @staticmethod
+    def _leader(votes) -> tuple[str | None, list[float]]:
+        counts = Counter(v.person_id for v in votes if v.person_id is not None)
+        if len(counts) != 1:
+            return None, []  # no votes, or votes for two people (a tie or a disagreement): no one
+        person_id = next(iter(counts))
+        return person_id, [v.similarity for v in votes if v.person_id == person_id]
+
+    def _new_track(self, box: Box, frame: int, now_mono: float, now_wall: float, settings) -> Track:
+        track = Track(
+            track_id=self._next_id,
+            box=box,
+            first_frame=frame,
+            first_seen_mono=now_mono,
+            first_seen_wall=now_wall,
+            last_frame=frame,
+            last_seen_mono=now_mono,
+            last_seen_wall=now_wall,
+            votes=deque(maxlen=settings.confirm_window),
+        )
+        self._next_id += 1
+        self.tracks_started += 1
+        self.tracks[track.track_id] = track
+        return track
