@@ -1,0 +1,209 @@
+"""The recipe and deployment the packager writes validate against the project's schemas,
+and deliberately broken ones are refused with a message naming the bad key."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from greengrass import packaging
+from greengrass.cli import greengrass_group
+
+VERSION = "1.4.2"
+
+
+@pytest.fixture()
+def recipe() -> dict:
+    return packaging.render_recipe(VERSION, "mpd-artifacts-test", "gg")
+
+
+@pytest.fixture()
+def deployment() -> dict:
+    return packaging.render_deployment(VERSION, thing_group="field-cams", region="eu-west-1", account="123456789012")
+
+
+def _leaves(value, path=""):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, f"{path}/{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _leaves(item, f"{path}/{index}")
+    else:
+        yield path, value
+
+
+def test_rendered_recipe_is_valid_and_survives_a_yaml_round_trip(recipe, tmp_path):
+    assert packaging.schema_errors(recipe, "recipe.schema.json") == []
+    path = tmp_path / "recipe.yaml"
+    path.write_text(packaging.dump_recipe(recipe))
+    assert "&id" not in path.read_text()  # no YAML anchors in what the service receives
+    assert yaml.safe_load(path.read_text()) == recipe
+    result = CliRunner().invoke(greengrass_group, ["check", str(path)])
+    assert result.exit_code == 0, result.output
+
+
+def test_recipe_has_a_manifest_per_platform_pointing_at_its_own_zip(recipe):
+    by_arch = {m["Platform"]["architecture"]: m for m in recipe["Manifests"]}
+    assert set(by_arch) == {"amd64", "aarch64"}
+    for arch, platform in (("amd64", "linux-x86_64"), ("aarch64", "linux-aarch64")):
+        manifest = by_arch[arch]
+        assert manifest["Platform"]["os"] == "linux"
+        [artifact] = manifest["Artifacts"]
+        assert (
+            artifact["URI"]
+            == f"s3://mpd-artifacts-test/gg/{packaging.COMPONENT_NAME}/{VERSION}/{platform}/mpd-edge.zip"
+        )
+        assert artifact["Unarchive"] == "ZIP"
+        lifecycle = manifest["Lifecycle"]
+        venv = f"{{work:path}}/venv-{VERSION}"
+        # Install is skipped only once this version's venv is complete, and Run uses that venv.
+        assert lifecycle["Install"]["Skipif"] == f"exists {venv}/.mpd-installed"
+        assert f"{{artifacts:decompressedPath}}/{packaging.ARTIFACT_DIR}/install.sh" in lifecycle["Install"]["Script"]
+        assert lifecycle["Run"]["Script"].startswith(f"exec {venv}/bin/mpd ")
+        assert "Startup" not in lifecycle
+
+
+def test_default_configuration_is_strings_and_a_valid_device_configuration(recipe):
+    from edge_app.config import load_config
+
+    defaults = recipe["ComponentConfiguration"]["DefaultConfiguration"]
+    numbers = [(path, value) for path, value in _leaves(defaults) if isinstance(value, int | float)]
+    assert numbers == []
+    device_part = {key: value for key, value in defaults.items() if key != "accessControl"}
+    config = load_config(component_config=device_part)
+    assert config.publisher == "greengrass"
+    assert config.recognition.confirm_frames == int(defaults["recognition"]["confirm_frames"])
+
+
+def test_component_may_publish_only_to_its_own_device_topics(recipe):
+    access = recipe["ComponentConfiguration"]["DefaultConfiguration"]["accessControl"]
+    assert list(access) == ["aws.greengrass.ipc.mqttproxy"]
+    [policy] = access["aws.greengrass.ipc.mqttproxy"].values()
+    assert policy["operations"] == ["aws.greengrass#PublishToIoTCore"]
+    assert sorted(policy["resources"]) == ["mpd/{iot:thingName}/health", "mpd/{iot:thingName}/match"]
+
+
+def _set(document: dict, path: list, value) -> dict:
+    broken = copy.deepcopy(document)
+    target = broken
+    for key in path[:-1]:
+        target = target[key]
+    if value is KeyError:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return broken
+
+
+DEFAULTS = ["ComponentConfiguration", "DefaultConfiguration"]
+LIFECYCLE = ["Manifests", 0, "Lifecycle"]
+ARTIFACT = ["Manifests", 0, "Artifacts", 0]
+POLICY = [*DEFAULTS, "accessControl", "aws.greengrass.ipc.mqttproxy", f"{packaging.COMPONENT_NAME}:mqttproxy:1"]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (["RecipeFormatVersion"], "2021-01-01", "RecipeFormatVersion"),
+        (["RecipeFormatVersion"], KeyError, "'RecipeFormatVersion' is a required property"),
+        (["ComponentVersion"], "1.4", "ComponentVersion"),
+        (["ComponentName"], "aws.greengrass.Nucleus", "ComponentName"),
+        (["ComponentName"], "bad name!", "ComponentName"),
+        ([*DEFAULTS, "recognition", "confirm_frames"], 3, "recognition/confirm_frames"),
+        ([*DEFAULTS, "health_interval_s"], 60.0, "health_interval_s"),
+        ([*LIFECYCLE, "Instal"], {"Script": "true"}, "'Instal' was unexpected"),
+        ([*LIFECYCLE, "Startup"], {"Script": "true"}, "Lifecycle"),
+        ([*LIFECYCLE, "Install", "Skipif"], "if exists /x", "Skipif"),
+        ([*LIFECYCLE, "Install", "Timeout"], "900", "Timeout"),
+        ([*LIFECYCLE, "Run", "RequiresPrivilege"], "yes", "RequiresPrivilege"),
+        ([*ARTIFACT, "Unarchive"], "TAR", "Unarchive"),
+        ([*ARTIFACT, "Permission", "Read"], "EVERYONE", "Read"),
+        ([*ARTIFACT, "URI"], "https://example.org/mpd-edge.zip", "URI"),
+        (["Manifests", 0, "Platform", "os"], "ubuntu", "os"),
+        (["Manifests"], [], "Manifests"),
+        (["ComponentDependencies", "aws.greengrass.TokenExchangeService", "DependencyType"], "MAYBE", "MAYBE"),
+        ([*POLICY, "operations"], ["aws.greengrass#Publish To"], "operations"),
+        ([*POLICY, "resources"], ["mpd/+/match"], "outside mpd/{iot:thingName}/"),
+        ([*POLICY, "resources"], ["#"], "outside mpd/{iot:thingName}/"),
+        ([*POLICY, "resources"], ["mpd/{iot:thingName}/match", "mpd/other-device/match"], "mpd/other-device/match"),
+    ],
+)
+def test_broken_recipe_is_refused_naming_the_problem(recipe, path, value, expected):
+    with pytest.raises(packaging.PackagingError) as error:
+        packaging.check_recipe(_set(recipe, path, value))
+    assert expected in str(error.value)
+
+
+def test_bad_version_or_bucket_fails_before_anything_is_built():
+    with pytest.raises(packaging.PackagingError, match="ComponentVersion"):
+        packaging.render_recipe("latest", "mpd-artifacts-test")
+    with pytest.raises(packaging.PackagingError, match="URI"):
+        packaging.render_recipe("1.0.0", "Not_A_Bucket")
+
+
+def test_rendered_deployment_is_valid_pinned_and_rolls_back(deployment, tmp_path):
+    assert packaging.schema_errors(deployment, "deployment.schema.json") == []
+    assert deployment["targetArn"] == "arn:aws:iot:eu-west-1:123456789012:thinggroup/field-cams"
+    components = deployment["components"]
+    assert components[packaging.COMPONENT_NAME]["componentVersion"] == VERSION
+    assert {"aws.greengrass.Nucleus", "aws.greengrass.DiskSpooler"} <= set(components)
+    spooler = json.loads(components["aws.greengrass.Nucleus"]["configurationUpdate"]["merge"])["mqtt"]["spooler"]
+    assert spooler["storageType"] == "Disk" and spooler["pluginName"] == "aws.greengrass.DiskSpooler"
+    assert deployment["deploymentPolicies"]["failureHandlingPolicy"] == "ROLLBACK"
+    path = tmp_path / "deployment.json"
+    path.write_text(json.dumps(deployment))
+    result = CliRunner().invoke(greengrass_group, ["check", str(path)])
+    assert result.exit_code == 0, result.output
+
+
+def test_deployment_carries_a_configuration_merge_for_our_component():
+    deployment = packaging.render_deployment(VERSION, configuration={"recognition": {"cooldown_s": "900"}})
+    merge = deployment["components"][packaging.COMPONENT_NAME]["configurationUpdate"]["merge"]
+    assert json.loads(merge) == {"recognition": {"cooldown_s": "900"}}
+    with pytest.raises(packaging.PackagingError, match="write numbers as strings"):
+        packaging.render_deployment(VERSION, configuration={"recognition": {"cooldown_s": 900}})
+
+
+COMPONENT = ["components", packaging.COMPONENT_NAME]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        ([*COMPONENT, "componentVersion"], "^1.4.0", "componentVersion"),
+        ([*COMPONENT, "componentVersion"], "latest", "componentVersion"),
+        (["deploymentPolicies", "failureHandlingPolicy"], "RETRY", "failureHandlingPolicy"),
+        (["deploymentPolicies"], KeyError, "'deploymentPolicies' is a required property"),
+        (["targetArn"], "field-cams", "targetArn"),
+        (["targetArn"], "arn:aws:iot:eu-west-1:123456789012:thinggroup/", "targetArn"),
+        ([*COMPONENT, "configurationUpdate"], {"merge": "{not json}"}, "not JSON"),
+        ([*COMPONENT, "configurationUpdate"], {"merge": '{"health_interval_s": 60}'}, "write numbers as strings"),
+        (["iotJobConfiguration", "jobExecutionsRolloutConfig", "maximumPerMinute"], 0, "maximumPerMinute"),
+        (["deploymentPolicy"], {}, "'deploymentPolicy' was unexpected"),
+    ],
+)
+def test_broken_deployment_is_refused_naming_the_problem(deployment, path, value, expected):
+    with pytest.raises(packaging.PackagingError) as error:
+        packaging.check_deployment(_set(deployment, path, value))
+    assert expected in str(error.value)
+
+
+def test_check_command_fails_on_a_broken_or_malformed_file(tmp_path, recipe):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(packaging.dump_recipe(_set(recipe, ["RecipeFormatVersion"], "2021-01-01")))
+    malformed = tmp_path / "malformed.json"
+    malformed.write_text('{"targetArn": ')
+    result = CliRunner().invoke(greengrass_group, ["check", str(broken), str(malformed)])
+    assert result.exit_code == 1
+    assert "RecipeFormatVersion" in result.output
+    assert "malformed.json: not valid JSON" in result.output
+
+
+def test_package_refuses_an_unknown_platform(tmp_path):
+    with pytest.raises(packaging.PackagingError, match="unknown platform 'linux-armv7'"):
+        packaging.package("1.0.0", "linux-armv7", tmp_path, bucket="mpd-artifacts-test")
