@@ -56,6 +56,15 @@ INTERPOL_MAX_PER_PAGE = 160
 FBI_MAX_PAGE_SIZE = 50
 
 
+@dataclass(frozen=True)
+class Request:
+    at: float  # time.monotonic() when the request arrived
+    method: str
+    path: str
+    status: int
+    user_agent: str
+
+
 def _ids(value: str) -> frozenset[str]:
     return frozenset(part.strip() for part in value.split("+") if part.strip())
 
@@ -122,7 +131,7 @@ class SourceServer:
         if not self.data.is_dir():
             raise FileNotFoundError(f"data folder {self.data} does not exist (write it with write_fixture_cases)")
         self.faults = faults if isinstance(faults, Faults) else Faults.parse(faults)
-        self.requests: list[tuple[float, str, str, int]] = []  # (monotonic time, method, path, status)
+        self.requests: list[Request] = []  # every answered request, for tests and the benchmark
         handler = type("Handler", (_Handler,), {"app": self})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self.httpd.daemon_threads = True
@@ -179,6 +188,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- plumbing ---------------------------------------------------------------------
     def _handle(self, method: str, body: bytes) -> None:
+        self._arrived = time.monotonic()
         faults = self.app.faults
         key = f"{method} {self.path} {body[:2000]!r}"
         seen = faults.count(key)
@@ -199,7 +209,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, payload, content_type)
 
     def _send(self, status: int, payload: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
-        self.app.requests.append((time.monotonic(), self.command, self.path, status))
+        self.app.requests.append(
+            Request(self._arrived, self.command, self.path, status, self.headers.get("User-Agent", ""))
+        )
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
