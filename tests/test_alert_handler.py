@@ -270,7 +270,7 @@ def test_device_event_sends_one_sms_with_fresh_case_details(backend):
     text = sms[0]["message"]
     assert text.startswith("MISSING PERSON SEEN: Dana Example (F, 41 now, 35 when missing), NamUs MP990001.")
     assert "Last seen 2020-07-04 in Springfield, IL." in text
-    assert "Seen now 2026-11-29 09:12 UTC at Gate camera, North trailhead." in text
+    assert "Seen 2026-11-29 09:12 UTC at Gate camera, North trailhead." in text
     assert "Similarity 0.61." in text
     assert text.endswith("/MissingPersons/Case#/990001")
     assert "source not reached" not in text
@@ -284,7 +284,7 @@ def test_site_time_zone_and_unknown_device_fall_back_to_ids(backend):
     service.handle(rule_event(make_event()))
     service.handle(rule_event(make_event(device_id="dev-unknown", camera_id="cam7")))
     texts = [m["message"] for m in backend.sms()]
-    assert "Seen now 2026-11-29 03:12 CST at cam0, North trailhead." in texts[0]
+    assert "Seen 2026-11-29 03:12 CST at cam0, North trailhead." in texts[0]
     assert "at cam7, dev-unknown." in texts[1]
 
 

@@ -30,6 +30,22 @@ DEFAULT_AUDIT_TTL_DAYS = 90
 DEFAULT_CASE_LOOKUP_TIMEOUT = 1.0
 
 
+# Settings field -> environment variable. JSON-valued ones are read separately.
+ENV_FIELDS = {
+    "backend": "MPD_ALERT_BACKEND",
+    "idempotency_table": "MPD_IDEMPOTENCY_TABLE",
+    "cooldown_table": "MPD_COOLDOWN_TABLE",
+    "audit_table": "MPD_AUDIT_TABLE",
+    "topic_arn": "MPD_ALERT_TOPIC_ARN",
+    "phone_numbers": "MPD_ALERT_PHONE_NUMBERS",
+    "cooldown_seconds": "MPD_ALERT_COOLDOWN_SECONDS",
+    "audit_ttl_days": "MPD_AUDIT_TTL_DAYS",
+    "case_lookup_timeout": "MPD_CASE_LOOKUP_TIMEOUT",
+    "local_dir": "MPD_ALERT_DIR",
+}
+ENV_JSON = ("MPD_SITES", "MPD_SITES_FILE", "MPD_SOURCE_URLS")
+
+
 class DeviceNames(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=80)
@@ -92,20 +108,8 @@ class AlertSettings(BaseModel):
         """Read ``MPD_*`` variables; raises ``ValueError`` naming the bad one."""
         env = os.environ if environ is None else environ
         in_aws = bool(env.get("AWS_LAMBDA_FUNCTION_NAME") or env.get("AWS_ENDPOINT_URL"))
-        names = {
-            "backend": "MPD_ALERT_BACKEND",
-            "idempotency_table": "MPD_IDEMPOTENCY_TABLE",
-            "cooldown_table": "MPD_COOLDOWN_TABLE",
-            "audit_table": "MPD_AUDIT_TABLE",
-            "topic_arn": "MPD_ALERT_TOPIC_ARN",
-            "phone_numbers": "MPD_ALERT_PHONE_NUMBERS",
-            "cooldown_seconds": "MPD_ALERT_COOLDOWN_SECONDS",
-            "audit_ttl_days": "MPD_AUDIT_TTL_DAYS",
-            "case_lookup_timeout": "MPD_CASE_LOOKUP_TIMEOUT",
-            "local_dir": "MPD_ALERT_DIR",
-        }
         values: dict[str, object] = {"backend": "aws" if in_aws else "local"}
-        values |= {field: env[var] for field, var in names.items() if env.get(var)}
+        values |= {field: env[var] for field, var in ENV_FIELDS.items() if env.get(var)}
         try:
             if env.get("MPD_SITES_FILE"):
                 values["sites"] = Sites.model_validate_json(Path(env["MPD_SITES_FILE"]).read_bytes())

@@ -23,7 +23,11 @@ GSM7_BASIC = (
 )
 GSM7_EXTENSION = "^{}\\[~]|€\f"
 _GSM7 = set(GSM7_BASIC) | set(GSM7_EXTENSION)
-_PUNCTUATION = str.maketrans({"‘": "'", "’": "'", "“": '"', "”": '"', "–": "-", "—": "-", "…": "...", "\u00a0": " "})
+# Characters GSM-7 lacks that Unicode does not decompose (NFKD handles the accented ones).
+_FOLDS = str.maketrans(
+    {"‘": "'", "’": "'", "“": '"', "”": '"', "–": "-", "—": "-", "…": "...", "\u00a0": " ",
+     "Ł": "L", "ł": "l", "Đ": "D", "đ": "d", "ı": "i", "Œ": "OE", "œ": "oe", "Þ": "Th", "þ": "th", "ð": "d"}
+)  # fmt: skip
 
 
 def is_gsm7(text: str) -> bool:
@@ -43,7 +47,7 @@ def segment_count(text: str) -> int:
 
 def fold_to_gsm7(text: str) -> str:
     """Replace characters outside GSM-7 by their closest GSM-7 form where one exists."""
-    text = text.translate(_PUNCTUATION)
+    text = text.translate(_FOLDS)
     folded = []
     for char in text:
         if char in _GSM7:
@@ -91,7 +95,7 @@ class AlertText:
             lines.append(f"Last seen {when}{where}.")
         if self.seen_at or self.seen_where:
             when = self.seen_at.strftime("%Y-%m-%d %H:%M %Z").strip() if self.seen_at else ""
-            lines.append(f"Seen now {when} at {self.seen_where}.".replace("  ", " "))
+            lines.append(f"Seen {when} at {self.seen_where}.".replace("  ", " "))
         if self.similarity is not None:
             lines.append(f"Similarity {self.similarity:.2f}.")
         if not self.details_fresh:
@@ -101,10 +105,33 @@ class AlertText:
         return fold_to_gsm7(" ".join(lines))
 
     def render(self) -> str:
-        """The SMS text, shortened field by field until it fits in ``MAX_SEGMENTS``."""
+        """The SMS text within ``MAX_SEGMENTS``: fields are shortened, then the least
+        needed ones dropped; the case label and the link always stay."""
+        for variant in self._variants():
+            text = variant._fit()
+            if text is not None:
+                return text
+        raise AssertionError("unreachable: the last variant always fits")  # pragma: no cover
+
+    def _variants(self) -> list[AlertText]:
+        no_similarity = replace(self, similarity=None)
+        no_last_seen = replace(no_similarity, last_seen_date=None, last_seen_place="")
+        no_traits = replace(no_last_seen, sex="", age_now="", age_missing="")
+        # Last resort for a name in a script GSM-7 lacks (UCS-2 halves the budget):
+        # drop what GSM-7 cannot carry; the case label and link identify the person.
+        gsm_only = replace(
+            no_traits,
+            name=_gsm7_only(self.name) or "name in case file",
+            seen_where=_gsm7_only(self.seen_where) or "camera",
+            case_label=_gsm7_only(self.case_label)[:60],
+            link=self.link if len(self.link) <= 100 and is_gsm7(self.link) else "",
+        )
+        return [self, no_similarity, no_last_seen, no_traits, gsm_only]
+
+    def _fit(self) -> str | None:
         text = self._compose()
         current = self
-        # Shorten the free-text fields, least important first; the link is never cut.
+        # Shorten the free-text fields, least important first; a link is never cut.
         for field in ("last_seen_place", "seen_where", "name"):
             original: str = getattr(self, field)
             keep = len(original)
@@ -112,6 +139,9 @@ class AlertText:
                 keep = max(12, keep - 8)
                 current = replace(current, **{field: original[:keep].rstrip() + "."})
                 text = current._compose()
-        if segment_count(text) > MAX_SEGMENTS:
-            raise ValueError(f"alert text does not fit in {MAX_SEGMENTS} SMS segments: {text!r}")
-        return text
+        return text if segment_count(text) <= MAX_SEGMENTS else None
+
+
+def _gsm7_only(text: str) -> str:
+    folded = fold_to_gsm7(text)
+    return " ".join("".join(char for char in folded if char in _GSM7).split())
