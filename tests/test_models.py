@@ -234,3 +234,35 @@ def test_models_work_from_a_fresh_copy_of_the_cache(tmp_path, face_models):
     cache = tmp_path / "cache"
     shutil.copytree(face_models.paths["embedder"].parent, cache)
     assert FaceModels.load(cache_dir=cache).embedder_ref == face_models.embedder_ref
+
+
+# --- mpd models check ------------------------------------------------------------------
+
+
+def test_models_check_reports_ids_hashes_and_timing():
+    import json
+
+    from click.testing import CliRunner
+
+    from models.cli import models_group
+
+    result = CliRunner().invoke(models_group, ["check"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["ok"] is True and report["opencv"] == cv2.__version__
+    assert report["detector"]["sha256"] == weights.DETECTOR.sha256
+    assert report["embedder"]["sha256"] == weights.EMBEDDER_CLEAN_SHA256
+    assert report["detect_640x480_ms"] > 0 and report["embed_ms"] > 0
+
+
+def test_models_check_fails_when_a_pin_does_not_match(monkeypatch):
+    import dataclasses
+
+    from click.testing import CliRunner
+
+    from models.cli import models_group
+
+    monkeypatch.setattr(weights, "DETECTOR", dataclasses.replace(weights.DETECTOR, sha256="0" * 64))
+    result = CliRunner().invoke(models_group, ["check"])
+    assert result.exit_code == 1
+    assert '"ok": false' in result.output and "0" * 64 in result.output

@@ -1,0 +1,118 @@
+"""``mpd identify --bundle BUNDLE [--threshold T] PATH...``: who is in these photos?
+
+Prints one JSON line per image. A file that cannot be used (not an image, truncated,
+too large) gives an error line and the run goes on; the exit status is 1 if any
+image failed, so scripts notice. For an unknown or rejected face no gallery person
+is named: a stranger is not linked to anyone, even as "nearest".
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import click
+import numpy as np
+
+from edge_app.gallery.bundle import BundleError, ModelRef, load_bundle
+from edge_app.gallery.gallery import Gallery
+from models.images import ImageError, load_image
+from models.recognizer import FaceModels
+from models.thresholds import DEFAULT_THRESHOLD
+from models.weights import ModelFileError
+
+
+def expand_paths(paths: Iterable[Path]) -> Iterator[Path]:
+    """Files as given; folders walked recursively in sorted order, hidden entries skipped."""
+    for path in paths:
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.is_file() and not any(part.startswith(".") for part in child.relative_to(path).parts):
+                    yield child
+        else:
+            yield path
+
+
+def identify_image(models: FaceModels, gallery: Gallery, image: np.ndarray, threshold: float) -> list[dict]:
+    """Detect, gate, embed and search every face of one image (all usable faces in one batch)."""
+    faces = models.gate(models.detect(image, thorough=True), image)
+    usable = [face for face in faces if face.rejected is None]
+    vectors = np.stack([models.embed(image, face) for face in usable]) if usable else np.empty((0, models.dimension))
+    best = {
+        id(face): matches[0] if matches else None
+        for face, matches in zip(usable, gallery.search(vectors, k=1), strict=True)
+    }
+    results = []
+    for face in faces:
+        entry = {
+            "box": [round(float(v), 1) for v in face.box],
+            "score": round(float(face.score), 3),
+            "quality": face.quality,
+            "decision": "rejected",
+            "person_id": None,
+            "similarity": None,
+        }
+        if face.rejected is not None:
+            entry["reason"] = face.rejected
+        else:
+            match = best[id(face)]
+            similarity = None if match is None else round(match.similarity, 4)
+            entry["similarity"] = similarity
+            if match is not None and match.similarity >= threshold:
+                entry["decision"] = "match"
+                entry["person_id"] = match.person_id
+            else:
+                entry["decision"] = "unknown"
+        results.append(entry)
+    return results
+
+
+def open_gallery(bundle: Path, models: FaceModels) -> Gallery:
+    contents = load_bundle(bundle)
+    if not contents.manifest.embedder_compatible(ModelRef(**models.embedder_ref)):
+        raise BundleError(
+            f"{bundle}: built with embedder {contents.manifest.embedder.id} ({contents.manifest.embedder.sha256}), "
+            f"this device runs {models.embedder_ref['id']} ({models.embedder_ref['sha256']})"
+        )
+    return Gallery.from_bundle(contents)
+
+
+@click.command("identify")
+@click.option(
+    "--bundle",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Gallery bundle folder.",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(-1.0, 1.0),
+    default=DEFAULT_THRESHOLD,
+    show_default=True,
+    help="Cosine similarity needed for a match (default calibrated for 25k persons, docs/recognition.md).",
+)
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+def identify_command(bundle: Path, threshold: float, paths: tuple[Path, ...]) -> None:
+    """Identify faces in photos (files or folders) against a gallery bundle; one JSON line per image."""
+    try:
+        models = FaceModels.load()
+        gallery = open_gallery(bundle, models)
+    except (BundleError, ModelFileError) as error:
+        raise click.ClickException(str(error)) from None
+    failures = 0
+    for path in expand_paths(paths):
+        line: dict = {"image": str(path)}
+        try:
+            line["faces"] = identify_image(models, gallery, load_image(path), threshold)
+        except ImageError as error:
+            line["error"] = str(error)
+        except Exception as error:  # noqa: BLE001 - one bad image must not end the run
+            line["error"] = f"{path}: {type(error).__name__}: {error}"
+        failures += "error" in line
+        click.echo(json.dumps(line))
+        sys.stdout.flush()
+    if failures:
+        click.echo(f"{failures} image(s) could not be processed", err=True)
+        sys.exit(1)
