@@ -25,9 +25,10 @@ import json
 import logging
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 CACHE_ROOT = "gallery/cache/"
 CACHE_FLUSH_EVERY = 200  # photos per cache chunk: bounds the work lost to a crash
+VERSION_FORMAT = "%Y%m%dT%H%M%SZ"
 LAMBDA_SAFETY_SECONDS = 120.0  # stop embedding this long before the Lambda deadline to write bundles
 
 
@@ -72,7 +74,7 @@ class EmbeddingCache:
                 continue
             try:
                 self.entries.update(_read_chunk(self.out.read_bytes(key) or b""))
-            except (ValueError, KeyError, OSError) as error:
+            except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as error:
                 # A damaged chunk only costs re-embedding its photos.
                 log.error("gallery build: ignoring damaged cache chunk %s/%s: %s", self.out.url, key, error)
         return self
@@ -210,22 +212,24 @@ class NightlyBuilder:
         result = BuildResult("built")
         seen: set[str] = set()
         skipped: set[str] = set()
-        for case, photo in tqdm(todo, desc="embedding", unit="photo", disable=len(todo) < 50):
-            if deadline is not None and time.monotonic() > deadline:
-                break
-            if photo.sha256 in seen:
-                continue  # the same photo in two cases is embedded once
-            try:
-                data = self.store.read_photo(photo)
-            except StoreError as error:
-                log.error("gallery build: photo %s of %s unreadable, left out this time: %s", photo.key, case.record.key, error)  # fmt: skip
-                result.skipped.append(photo.key)
-                skipped.add(photo.sha256)
-                continue
-            self.cache.add(photo.sha256, self.embed(data))
-            seen.add(photo.sha256)
-            result.embedded += 1
-        self.cache.flush()
+        try:
+            for case, photo in tqdm(todo, desc="embedding", unit="photo", disable=len(todo) < 50):
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+                if photo.sha256 in seen:
+                    continue  # the same photo in two cases is embedded once
+                try:
+                    data = self.store.read_photo(photo)
+                except StoreError as error:
+                    log.error("gallery build: photo %s of %s unreadable, left out this time: %s", photo.key, case.record.key, error)  # fmt: skip
+                    result.skipped.append(photo.key)
+                    skipped.add(photo.sha256)
+                    continue
+                self.cache.add(photo.sha256, self.embed(data))
+                seen.add(photo.sha256)
+                result.embedded += 1
+        finally:
+            self.cache.flush()  # keep finished work even if this run dies (Lambda timeout, crash)
         result.remaining = len({p.sha256 for _, p in todo if p.sha256 not in self.cache} - skipped)
         if result.remaining > 0:
             result.status = "partial"
@@ -290,7 +294,11 @@ def write_build(
     now: datetime,
 ) -> tuple[LatestPointer, dict | None]:
     """Write the signed full bundle and, given the previous build, the delta from it; record the build last."""
-    version = now.strftime("%Y%m%dT%H%M%SZ")
+    if previous is not None:
+        # Versions name directories and devices refuse to go back: always move forward.
+        last = datetime.strptime(previous[0].gallery_version, VERSION_FORMAT).replace(tzinfo=UTC)
+        now = max(now.replace(microsecond=0), last + timedelta(seconds=1))
+    version = now.strftime(VERSION_FORMAT)
     fields = {
         "gallery_version": version,
         "created_at": now,
