@@ -68,7 +68,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 class RateLimiter:
-    """At most ``rate`` request starts per second, evenly spaced (no bursts)."""
+    """Request starts at least ``1/rate`` seconds apart, measured from the actual start
+    (a late wake-up delays the next slot rather than letting two requests bunch up)."""
 
     def __init__(self, rate: float) -> None:
         if rate <= 0:
@@ -77,13 +78,15 @@ class RateLimiter:
         self._next = 0.0
         self._lock = threading.Lock()
 
-    def wait(self) -> None:
-        with self._lock:
-            now = time.monotonic()
-            start = max(now, self._next)
-            self._next = start + self.interval
-        if start > now:
-            time.sleep(start - now)
+    def wait(self) -> float:
+        """Block until this caller may start; returns the start time (monotonic)."""
+        with self._lock:  # held while sleeping: waiters queue up in turn
+            while True:
+                now = time.monotonic()
+                if now >= self._next:
+                    self._next = now + self.interval
+                    return now
+                time.sleep(self._next - now)
 
 
 @dataclass
@@ -157,9 +160,8 @@ class PoliteClient:
             ) from None
 
     def _attempt(self, method: str, url: str, max_bytes: int | None, kwargs: dict[str, Any]) -> requests.Response:
-        self.limiter.wait()
+        self.stats.request_starts.append(self.limiter.wait())
         self.stats.requests += 1
-        self.stats.request_starts.append(time.monotonic())
         try:
             response = self.session.request(method, url, timeout=self.timeout, stream=True, **kwargs)
             body = self._read_body(response, max_bytes, url)
