@@ -508,6 +508,40 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+class AnnouncementListener:
+    """Subscribes to the retained ``mpd/gallery/latest`` announcement (mutual TLS, the device's
+    IoT Core identity) and wakes the agent. paho reconnects by itself and resubscribes in
+    ``on_connect``; the broker replays the retained announcement on every subscribe."""
+
+    def __init__(self, agent: SyncAgent, host: str, port: int, ca: str, cert: str, key: str, client_id: str) -> None:
+        import ssl
+
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.agent = agent
+        self.received = 0
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311)
+        try:
+            client.tls_set(ca_certs=ca, certfile=cert, keyfile=key, cert_reqs=ssl.CERT_REQUIRED)
+        except (ssl.SSLError, OSError) as error:
+            raise SyncError(f"mqtt: cannot load TLS files (ca={ca}, cert={cert}, key={key}): {error}") from None
+        client.reconnect_delay_set(min_delay=1, max_delay=300)
+        client.on_connect = lambda c, userdata, flags, rc, props: c.subscribe(ANNOUNCE_TOPIC, qos=1)
+        client.on_message = self._on_message
+        client.connect_async(host, port, keepalive=120)
+        client.loop_start()
+        self.client = client
+
+    def _on_message(self, client, userdata, message) -> None:
+        self.received += 1
+        self.agent.announce(message.payload)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
 # --- mpd sync --------------------------------------------------------------------------
 
 
@@ -528,19 +562,45 @@ def resolve_public_key(path: str | None):
 @click.option("--public-key", help=f"Gallery public key (PEM); default ${PUBLIC_KEY_ENV}.")
 @click.option("--once", is_flag=True, help="Sync once and exit (status 1 if the sync failed).")
 @click.option("--interval", default=3600.0, show_default=True, help="Seconds between polls.")
-def sync_command(source: str, gallery_dir: Path, public_key: str | None, once: bool, interval: float) -> None:
+@click.option("--mqtt-host", help="Also sync on announcements on mpd/gallery/latest from this broker.")
+@click.option("--mqtt-port", default=8883, show_default=True)
+@click.option("--mqtt-ca", type=click.Path(exists=True, dir_okay=False))
+@click.option("--mqtt-cert", type=click.Path(exists=True, dir_okay=False))
+@click.option("--mqtt-key", type=click.Path(exists=True, dir_okay=False))
+@click.option("--client-id", default="mpd-gallery-sync", show_default=True, help="MQTT client id.")
+def sync_command(
+    source: str,
+    gallery_dir: Path,
+    public_key: str | None,
+    once: bool,
+    interval: float,
+    mqtt_host: str | None,
+    mqtt_port: int,
+    mqtt_ca: str | None,
+    mqtt_cert: str | None,
+    mqtt_key: str | None,
+    client_id: str,
+) -> None:
     """Fetch, verify and install the latest gallery."""
     try:
         agent = SyncAgent(source, gallery_dir, resolve_public_key(public_key), interval=interval)
     except SyncError as error:
         raise click.ClickException(str(error)) from None
     if not once:
+        listener = None
+        if mqtt_host:
+            if not (mqtt_ca and mqtt_cert and mqtt_key):
+                raise click.UsageError("--mqtt-host needs --mqtt-ca, --mqtt-cert and --mqtt-key (mutual TLS)")
+            listener = AnnouncementListener(agent, mqtt_host, mqtt_port, mqtt_ca, mqtt_cert, mqtt_key, client_id)
         agent.start()
         try:
             while agent._thread.is_alive():
                 agent._thread.join(1.0)
         except KeyboardInterrupt:
             agent.stop()
+        finally:
+            if listener is not None:
+                listener.close()
         return
     result = agent.sync_once()
     click.echo(
