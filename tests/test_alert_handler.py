@@ -14,9 +14,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,8 @@ from sync_service.alerts.local import create_aws_resources
 from sync_service.alerts.rule import LocalRule
 from sync_service.alerts.sms import segment_count
 from sync_service.alerts.stores import read_sms_sink
+from sync_service.dev_servers.fixtures import FixtureCase, write_fixture_cases
+from sync_service.dev_servers.server import Faults, SourceServer
 from tests.servers import MotoServer, free_port
 
 PHONE = "+15555550123"
@@ -39,74 +40,45 @@ SITES = Sites.model_validate(
 )
 RULE = LocalRule.parse()
 
-# A made-up person in the real NamUs Cases/{id} shape (see ../shared/data/sources).
-MADE_UP_CASE = {
-    "id": 990001,
-    "idFormatted": "MP990001",
-    "modifiedDateTime": "2026-01-15T10:00:00.000",
-    "caseIsResolved": False,
-    "subjectIdentification": {
-        "firstName": "Dana",
-        "lastName": "Example",
-        "currentMinAge": 41,
-        "currentMaxAge": 41,
-        "computedMissingMinAge": 35,
-        "computedMissingMaxAge": 35,
-    },
-    "subjectDescription": {"sex": {"id": 2, "name": "Female", "localizedName": "Female"}},
-    "sighting": {
-        "date": "2020-07-04",
-        "address": {"city": "Springfield", "state": {"id": 14, "name": "Illinois", "displayName": "IL"}},
-    },
-    "images": [],
-}
+# A made-up person, served in NamUs's real response shape by the ingest team's dev server.
+MADE_UP_CASE = FixtureCase(
+    990001,
+    "Dana",
+    "Example",
+    sex="Female",
+    age_now=41,
+    age_when_missing=35,
+    last_seen_date="2020-07-04",
+    city="Springfield",
+    state="Illinois",
+)
 
 
-class NamusStub:
-    """``GET /api/CaseSets/NamUs/MissingPersons/Cases/{n}`` with a switchable behaviour."""
+class NamusDev:
+    """The NamUs dev server with the behaviours the alert path must survive."""
 
-    def __init__(self) -> None:
-        self.mode = "ok"  # ok | slow | error | missing | resolved
-        self.delay = 3.0
-        self.requests = 0
-        stub = self
+    # "down" is served by no server at all: the tests point the handler at a closed port.
+    FAULTS = {"ok": "", "slow": "slow=3", "error": "5xx=1000", "missing": "gone=990001", "resolved": "", "down": ""}
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                stub.requests += 1
-                if not self.path.startswith("/api/CaseSets/NamUs/MissingPersons/Cases/990001"):
-                    self.send_error(404)
-                    return
-                if stub.mode == "slow":
-                    time.sleep(stub.delay)
-                if stub.mode == "error":
-                    self.send_error(503)
-                    return
-                if stub.mode == "missing":
-                    self.send_error(404)
-                    return
-                body = json.dumps(MADE_UP_CASE | {"caseIsResolved": stub.mode == "resolved"}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                try:
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self._mode = "ok"
+        write_fixture_cases(data, "namus", [MADE_UP_CASE], states=["Illinois"])
+        self.server = SourceServer("namus", data).start()
+        self.url = self.server.url
 
-            def log_message(self, *args: Any) -> None:
-                pass
+    @property
+    def mode(self) -> str:
+        return self._mode
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+    @mode.setter
+    def mode(self, mode: str) -> None:  # ok | slow | error | missing | resolved
+        self._mode = mode
+        self.server.faults = Faults.parse(self.FAULTS[mode])
+        write_fixture_cases(self.data, "namus", [replace(MADE_UP_CASE, resolved=mode == "resolved")])
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
 
 
 # moto's server is threaded and its DynamoDB evaluates a ConditionExpression and writes
@@ -167,10 +139,10 @@ def aws(serialized_moto, monkeypatch) -> MotoServer:
 
 
 @pytest.fixture(scope="module")
-def namus() -> Iterator[NamusStub]:
-    stub = NamusStub()
-    yield stub
-    stub.close()
+def namus(tmp_path_factory) -> Iterator[NamusDev]:
+    server = NamusDev(tmp_path_factory.mktemp("namus"))
+    yield server
+    server.close()
 
 
 def make_event(**changes: Any) -> MatchEvent:
