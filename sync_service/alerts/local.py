@@ -62,7 +62,10 @@ class LocalRuleEngine:
             mqtt.CallbackAPIVersion.VERSION2, client_id=mqtt_settings.client_id, clean_session=False
         )
         self.client.tls_set(ca_certs=mqtt_settings.ca, certfile=mqtt_settings.cert, keyfile=mqtt_settings.key)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
 
     def start(self, timeout: float = 10.0) -> None:
@@ -72,7 +75,7 @@ class LocalRuleEngine:
         except OSError as error:
             raise ConnectionError(f"MQTT broker {self.mqtt.host}:{self.mqtt.port} unreachable: {error}") from None
         self.client.loop_start()
-        if not self._subscribed.wait(timeout):
+        if not self.wait_subscribed(timeout):
             self.stop()
             raise ConnectionError(
                 f"no subscription on {self.mqtt.host}:{self.mqtt.port} after {timeout}s (TLS refused? see broker log)"
@@ -80,6 +83,7 @@ class LocalRuleEngine:
         log.info("local rule engine listening on %s", self.rule.topic_filter)
 
     def stop(self) -> None:
+        self.client.on_disconnect = None
         self.client.disconnect()
         self.client.loop_stop()
         self._pool.shutdown(wait=True)
@@ -89,7 +93,24 @@ class LocalRuleEngine:
             log.error("MQTT connection refused: %s", reason_code)
             return
         client.subscribe(self.rule.topic_filter, qos=1)
-        self._subscribed.set()
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        if all(not code.is_failure for code in reason_codes):
+            self._subscribed.set()
+        else:
+            log.error("subscription to %s refused: %s", self.rule.topic_filter, reason_codes)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        self._subscribed.clear()
+        log.warning("MQTT connection lost (%s); paho reconnects", reason_code)
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Whether the engine is (again) subscribed within ``timeout`` seconds."""
+        return self._subscribed.wait(timeout)
+
+    @property
+    def subscribed(self) -> bool:
+        return self._subscribed.is_set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         event = self.rule.event_for(message.topic, message.payload)
