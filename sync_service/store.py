@@ -222,7 +222,8 @@ class LocalStore(Store):
         self._path(key).unlink(missing_ok=True)
 
     def list_keys(self, prefix: str) -> Iterator[str]:
-        base = self._path(prefix) if prefix.endswith("/") else self._path(prefix).parent
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        base = self._path(folder) if folder else self.root
         if not base.is_dir():
             return
         for path in sorted(base.rglob("*")):

@@ -193,6 +193,7 @@ class Ingest:
                     try:
                         self._ingest_case(summary_row, scopes, summary)
                         failures_in_a_row = 0
+                        summary.fetch_failed.pop(case_id, None)
                     except HttpError as error:
                         failures_in_a_row += 1
                         summary.fetch_failed[case_id] = str(error)
@@ -202,6 +203,7 @@ class Ingest:
                                 f"{self.source} at {self.adapter.base_url} failed {failures_in_a_row} cases in a row "
                                 f"(last: {error}); stopping. Run the same command again to resume."
                             ) from None
+                        continue  # not done: a resumed run tries it again
                     done.add(case_id)
                     bar.update(1)
                     if self.on_case:
