@@ -186,12 +186,13 @@ def test_dropped_connections_resume_with_range(publisher, tmp_path):
     size = sum(p.stat().st_size for p in (publisher.root / record.full).iterdir())
     conditions = LinkConditions(cut_after_bytes=60_000)
     with LinkServer(publisher.root, conditions) as link:
-        agent = agent_for(link.url, publisher, tmp_path / "device", attempts=20)
+        # Far more cuts than attempts: only attempts that make no progress count.
+        agent = agent_for(link.url, publisher, tmp_path / "device", attempts=3)
         result = agent.sync_once()
         stats = link.stats
 
     assert result.status == "installed"
-    assert stats.cuts >= size // 60_000 - 1
+    assert stats.cuts >= size // 60_000 - 1 > 3
     assert stats.range_requests >= stats.cuts - 1
     # Resume, not restart: each byte crosses the link about once.
     assert stats.body_bytes <= size * 1.05

@@ -435,7 +435,7 @@ class SyncAgent:
             part = work / f"{name}.part"
             if part.exists() and part.stat().st_size > entry.size:
                 part.unlink()
-            self._retrying(self._download_file, relpath + name, part, entry.size)
+            self._resuming(relpath + name, part, entry.size)
             digest = _sha256(part)
             if digest != entry.sha256:
                 part.unlink()
@@ -490,6 +490,32 @@ class SyncAgent:
         except RetryError as error:
             cause = error.last_attempt.exception()
             raise SyncError(f"gave up after {self.attempts} attempts: {cause}") from None
+
+    def _resuming(self, relpath: str, part: Path, size: int) -> None:
+        """Download with resume; on a poor link a big file needs many connections, so only
+        attempts that brought no new byte count toward giving up."""
+        stalled = [0]
+        have = [part.stat().st_size if part.exists() else 0]
+
+        def attempt() -> None:
+            try:
+                self._download_file(relpath, part, size)
+            finally:
+                now = part.stat().st_size if part.exists() else 0
+                stalled[0] = 0 if now > have[0] else stalled[0] + 1
+                have[0] = now
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(RETRYABLE),
+            stop=lambda state: stalled[0] >= self.attempts,
+            wait=lambda state: min(self.max_wait, 0.2 * 2 ** max(0, stalled[0] - 1)),
+            reraise=False,
+        )
+        try:
+            retrying(attempt)
+        except RetryError as error:
+            cause = error.last_attempt.exception()
+            raise SyncError(f"gave up after {self.attempts} attempts without progress: {cause}") from None
 
     def _forget_downloads(self) -> None:
         for path in self.dir.downloads.iterdir():
