@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -180,19 +181,21 @@ class SqliteTables:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
         with self.connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
-        # A connection per operation: sqlite3 connections must not be shared across threads.
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            db.execute("PRAGMA synchronous=FULL")  # a decision that was answered survives power loss
-            yield db
-        finally:
-            db.close()
+        # One connection per thread (sqlite3 connections must not be shared across
+        # threads), kept open: closing the last one checkpoints the WAL, 10 ms each time.
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA synchronous=FULL")  # an answered decision survives power loss
+            self._local.db = db
+        yield db
 
 
 class SqliteDecisionStore:

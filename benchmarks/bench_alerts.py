@@ -1,0 +1,265 @@
+"""Alert path latency on one machine, against real local servers.
+
+    .venv/bin/python benchmarks/bench_alerts.py [--events 200] [--e2e 100] > alerts.json
+
+1. Handler latency (no source API call): ``AlertService.handle`` on distinct events
+   against moto in server mode (DynamoDB + SNS), on the "sent" path (idempotency put,
+   cooldown update, SNS publish, audit put, idempotency update), the duplicate path
+   and the rejected path; beside it, in the same run and alternating with it, the
+   baseline of one bare ``sns.publish`` to the same moto. Also the one-machine
+   backend (SQLite + SMS file).
+2. Handler latency with the case lookup, against the NamUs dev server (for scale).
+3. End to end: a device publishes a match event to mosquitto (mutual TLS, QoS 1);
+   the local rule engine applies the rule and runs the handler against moto; timed
+   until the decision, by which point the SMS record exists in moto (checked after
+   the run). Baseline: the MQTT hop alone (publish -> a subscriber receives) on the
+   same broker, alternating with it.
+
+Medians and p95 in milliseconds; the machine is shared and noisy, so compare the
+ratios, which are measured side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import boto3  # noqa: E402
+import paho.mqtt.client as mqtt  # noqa: E402
+
+from edge_app.match_event import MatchEvent  # noqa: E402
+from sync_service.alerts.config import AlertSettings  # noqa: E402
+from sync_service.alerts.handler import build_service  # noqa: E402
+from sync_service.alerts.local import LocalRuleEngine, MqttSettings, create_aws_resources  # noqa: E402
+from sync_service.alerts.rule import LocalRule  # noqa: E402
+from sync_service.dev_servers.fixtures import FixtureCase, write_fixture_cases  # noqa: E402
+from sync_service.dev_servers.server import SourceServer  # noqa: E402
+from tests.servers import Mosquitto, MotoServer, Pki  # noqa: E402  (the tests' real servers)
+
+PHONE = "+15555550123"
+RULE = LocalRule.parse()
+# The handler logs one JSON line per decision (to stdout, as Lambda wants); the
+# benchmark's own stdout is its report, so its logs go to stderr.
+for _handler in logging.getLogger("mpd-alerts").handlers:
+    if isinstance(_handler, logging.StreamHandler):
+        _handler.setStream(sys.stderr)
+
+
+def summary(samples_s: list[float]) -> dict[str, float]:
+    ms = sorted(s * 1000 for s in samples_s)
+    return {
+        "n": len(ms),
+        "median_ms": round(statistics.median(ms), 2),
+        "p95_ms": round(ms[min(len(ms) - 1, int(0.95 * len(ms)))], 2),
+        "max_ms": round(ms[-1], 2),
+    }
+
+
+def event(case_number: int, device: str = "dev-bench") -> MatchEvent:
+    now = datetime.now(UTC)
+    return MatchEvent(
+        device_id=device,
+        camera_id="cam0",
+        person_id=f"namus:MP{case_number}",
+        source="namus",
+        case_id=f"MP{case_number}",
+        display_name="Bench Example",
+        best_similarity=0.6,
+        mean_similarity=0.55,
+        frames_used=5,
+        first_seen=now - timedelta(seconds=3),
+        last_seen=now,
+        gallery_version="bench",
+        model_id="sface_2021dec",
+        threshold=0.42,
+    )
+
+
+def rule_event(match: MatchEvent) -> dict:
+    return RULE.event_for(f"mpd/{match.device_id}/match", match.to_json().encode())
+
+
+def timed(call) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def bench_handler(moto: MotoServer, events: int, workdir: Path) -> dict:
+    moto.reset()
+    settings = AlertSettings(backend="aws", phone_numbers=(PHONE,), case_lookup_timeout=1.0)
+    create_aws_resources(settings)
+    service = build_service(settings, fetch=None)
+    sns = boto3.client("sns")
+    for n in range(10):  # warm up connections and code paths
+        service.handle(rule_event(event(100_000 + n)))
+        sns.publish(PhoneNumber=PHONE, Message="warm-up")
+    sent, bare, duplicate, rejected = [], [], [], []
+    handled = []
+    for n in range(events):
+        ev = rule_event(event(200_000 + n))
+        handled.append(ev)
+        sent.append(timed(lambda ev=ev: service.handle(ev)))
+        bare.append(timed(lambda: sns.publish(PhoneNumber=PHONE, Message="baseline " * 20)))
+    for ev in handled[:events]:
+        duplicate.append(timed(lambda ev=ev: service.handle(ev)))
+        rejected.append(timed(lambda: service.handle({"payload": "bm90IGpzb24=", "topic": "mpd/dev-bench/match"})))
+    sms = moto.sent_sms()
+    expected = 10 + 10 + events + events  # warm-up handler + warm-up bare + handler + baseline
+    result = {
+        "sent": summary(sent),
+        "baseline_bare_sns_publish": summary(bare),
+        "ratio_sent_to_bare_publish_median": round(statistics.median(sent) / statistics.median(bare), 2),
+        "duplicate": summary(duplicate),
+        "rejected": summary(rejected),
+        "sms_records": len(sms),
+        "sms_records_expected": expected,
+    }
+
+    local = build_service(
+        AlertSettings(backend="local", local_dir=workdir / "local", phone_numbers=(PHONE,)), fetch=None
+    )
+    for n in range(10):
+        local.handle(rule_event(event(300_000 + n)))
+    result["local_backend_sent"] = summary(
+        [timed(lambda n=n: local.handle(rule_event(event(400_000 + n)))) for n in range(events)]
+    )
+
+    # With the case lookup against the NamUs dev server (one made-up case).
+    data = write_fixture_cases(
+        workdir / "namus", "namus", [FixtureCase(990001, "Dana", "Example")], states=["Illinois"]
+    )
+    with SourceServer("namus", data) as server:
+        looked_up = build_service(settings.model_copy(update={"source_urls": {"namus": server.url}}))
+        samples = []
+        for n in range(min(events, 100)):
+            moto_case = event(990001, device=f"dev-lookup-{n}")  # a new device each time: no cooldown
+            samples.append(timed(lambda m=moto_case: looked_up.handle(rule_event(m))))
+        result["sent_with_namus_dev_server_lookup"] = summary(samples[5:])
+    return result
+
+
+def bench_end_to_end(moto: MotoServer, broker: Mosquitto, pki: Pki, count: int) -> dict:
+    moto.reset()
+    settings = AlertSettings(backend="aws", phone_numbers=(PHONE,))
+    create_aws_resources(settings)
+    done: dict[str, float] = {}
+    arrived = threading.Condition()
+
+    def on_decision(result: dict) -> None:
+        with arrived:
+            done[result.get("event_id", "?")] = time.perf_counter()
+            arrived.notify_all()
+
+    backend = broker.client_settings(pki.backend)
+    engine = LocalRuleEngine(
+        build_service(settings, fetch=None),
+        MqttSettings(backend["host"], backend["port"], backend["ca"], backend["cert"], backend["key"], "bench-rule"),
+        on_decision=on_decision,
+    )
+    engine.start()
+
+    # The baseline: a plain subscriber on a topic outside the rule.
+    echo_times: dict[bytes, float] = {}
+    echo = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-echo")
+    echo.tls_set(ca_certs=backend["ca"], certfile=backend["cert"], keyfile=backend["key"])
+
+    def on_echo(client, userdata, message) -> None:
+        with arrived:
+            echo_times[message.payload[:36]] = time.perf_counter()
+            arrived.notify_all()
+
+    echo.on_message = on_echo
+    echo.connect(backend["host"], backend["port"])
+    echo.subscribe("bench/echo", qos=1)
+    echo.loop_start()
+
+    device_settings = broker.client_settings(pki.device)
+    device = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-device")
+    device.tls_set(ca_certs=device_settings["ca"], certfile=device_settings["cert"], keyfile=device_settings["key"])
+    device.connect(device_settings["host"], device_settings["port"])
+    device.loop_start()
+    time.sleep(0.5)
+
+    alert_latency, mqtt_latency = [], []
+    for n in range(count + 5):
+        match = event(500_000 + n)
+        key = str(match.event_id)
+        started = time.perf_counter()
+        device.publish(f"mpd/{match.device_id}/match", match.to_json(), qos=1)
+        with arrived:
+            arrived.wait_for(lambda k=key: k in done, timeout=10)
+        if n >= 5:
+            alert_latency.append(done[key] - started)
+
+        token = uuid.uuid4().hex.encode().ljust(36)
+        started = time.perf_counter()
+        device.publish("bench/echo", token + match.to_json().encode(), qos=1)
+        with arrived:
+            arrived.wait_for(lambda t=token: t in echo_times, timeout=10)
+        if n >= 5:
+            mqtt_latency.append(echo_times[token] - started)
+
+    device.disconnect()
+    device.loop_stop()
+    echo.disconnect()
+    echo.loop_stop()
+    engine.stop()
+    return {
+        "publish_to_sms_decision": summary(alert_latency),
+        "baseline_mqtt_hop_only": summary(mqtt_latency),
+        "ratio_median": round(statistics.median(alert_latency) / statistics.median(mqtt_latency), 1),
+        "sms_records": len(moto.sent_sms()),
+        "sms_records_expected": count + 5,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200)
+    parser.add_argument("--e2e", type=int, default=100)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-alerts-") as tmp:
+        workdir = Path(tmp)
+        pki = Pki.create(workdir / "pki")
+        (workdir / "moto").mkdir()
+        (workdir / "mosquitto").mkdir()
+        moto = MotoServer(workdir / "moto")
+        broker = Mosquitto(pki, workdir / "mosquitto")
+        moto.start()
+        broker.start()
+        import os
+
+        os.environ |= {
+            "AWS_ENDPOINT_URL": moto.url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        try:
+            report = {
+                "machine_note": "2 shared cores; medians and side-by-side ratios are the figures to compare",
+                "handler": bench_handler(moto, args.events, workdir),
+                "end_to_end": bench_end_to_end(moto, broker, pki, args.e2e),
+            }
+        finally:
+            broker.stop()
+            moto.stop()
+    json.dump(report, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()
