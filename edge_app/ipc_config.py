@@ -14,9 +14,15 @@ While it runs, a deployment that changes the configuration arrives twice:
    If it is invalid after all (validation timed out and the deployment went ahead), the
    running configuration stays and the error is logged.
 
-The component configuration also holds the nucleus's ``accessControl``; it is not ours
-to validate and is dropped before validation. Numbers arrive as strings (recipe
-convention); the pydantic device model parses them.
+The component configuration also holds keys that are not the device model's: the
+nucleus's ``accessControl``, and ``gallery`` (source, public key, poll interval), which
+the component's Run step reads through recipe variables, so a change to it restarts the
+component. ``gallery`` is still checked here, so a deployment with an unreadable public
+key or an unknown source is rejected instead of breaking the device. Numbers arrive as
+strings (recipe convention); the pydantic device model parses them.
+
+``python -m edge_app.ipc_config`` prints the device part of the component configuration
+as JSON (for ``mpd edge run --config``); it fails with a clear message outside Greengrass.
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# Keys the nucleus reads from our component configuration; the device model does not know them.
-GREENGRASS_ONLY_KEYS = frozenset({"accessControl"})
+# Keys of our component configuration that the device model does not know: the nucleus
+# reads accessControl, the Run step reads gallery.
+GREENGRASS_ONLY_KEYS = frozenset({"accessControl", "gallery"})
 # Environment every Greengrass v2 component process gets from the nucleus.
 NUCLEUS_ENV = ("SVCUID", "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT")
 
@@ -44,8 +51,37 @@ def running_under_greengrass() -> bool:
 
 
 def device_part(configuration: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The component configuration without the keys that belong to the nucleus."""
+    """The component configuration without the keys that are not the device model's."""
     return {key: value for key, value in (configuration or {}).items() if key not in GREENGRASS_ONLY_KEYS}
+
+
+def check_gallery_settings(gallery: Any) -> None:
+    """Raise ``ValueError`` naming the bad ``gallery.*`` key and value (a missing block is fine)."""
+    if gallery is None:
+        return
+    if not isinstance(gallery, Mapping):
+        raise ValueError(f"gallery = {gallery!r}: must be a mapping of source, public_key_pem, interval_s")
+    unknown = sorted(set(gallery) - {"source", "public_key_pem", "interval_s"})
+    if unknown:
+        raise ValueError(f"gallery.{unknown[0]}: unknown key")
+    source = gallery.get("source", "")
+    if not isinstance(source, str) or ("://" in source and not source.startswith(("s3://", "http://", "https://"))):
+        raise ValueError(f"gallery.source = {source!r}: use a folder, http(s):// or s3:// location")
+    interval = gallery.get("interval_s", "3600")
+    try:
+        if float(interval) < 60:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"gallery.interval_s = {interval!r}: a number of seconds, at least 60") from None
+    pem = gallery.get("public_key_pem", "")
+    if pem:
+        from edge_app.gallery.bundle import BundleError
+        from edge_app.gallery.install import load_public_key
+
+        try:
+            load_public_key(pem.encode() if isinstance(pem, str) else pem)
+        except (BundleError, AttributeError) as error:
+            raise ValueError(f"gallery.public_key_pem: {error}") from None
 
 
 class ComponentConfiguration:
@@ -134,6 +170,7 @@ class ComponentConfiguration:
         try:
             if not isinstance(event.configuration, Mapping):
                 raise ValueError(f"configuration is {type(event.configuration).__name__}, not a mapping")
+            check_gallery_settings(event.configuration.get("gallery"))
             with self._lock:
                 self._validate(device_part(event.configuration))
         except Exception as error:  # ConfigError and anything a broken payload raises
@@ -200,3 +237,24 @@ def attach_to_runner(runner, ipc=None, timeout_s: float = 10.0) -> ComponentConf
         current=current,
     )
     return component
+
+
+def main() -> None:
+    """Print the device part of this component's configuration as JSON (see module docstring)."""
+    import json
+    import sys
+
+    try:
+        component = ComponentConfiguration.connect()
+        try:
+            configuration = component.read()
+        finally:
+            component.close()
+    except IpcConfigError as error:
+        sys.exit(f"mpd: component configuration: {error}")
+    json.dump(configuration, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -29,6 +29,12 @@ def greengrass_group() -> None:
 @click.option("--thing-group", default="mpd-field-cameras", show_default=True, help="Deployment target.")
 @click.option("--region", default="REGION", show_default=True, help="For the deployment's target ARN.")
 @click.option("--account", default="ACCOUNT_ID", show_default=True, help="For the deployment's target ARN.")
+@click.option("--gallery-source", help="Where devices poll latest.json (s3://bucket/prefix or https://...).")
+@click.option(
+    "--gallery-public-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Ed25519 public key (PEM) the galleries are signed with; goes into the deployment.",
+)
 def package_command(
     version: str,
     platform_name: str,
@@ -38,6 +44,8 @@ def package_command(
     thing_group: str,
     region: str,
     account: str,
+    gallery_source: str | None,
+    gallery_public_key: Path | None,
 ) -> None:
     """Build the artifact zip for one platform, the recipe and a deployment template.
 
@@ -53,6 +61,8 @@ def package_command(
             thing_group=thing_group,
             region=region,
             account=account,
+            gallery_source=gallery_source,
+            gallery_public_key=gallery_public_key,
         )
     except packaging.PackagingError as error:
         raise click.ClickException(str(error)) from None

@@ -39,6 +39,7 @@ REPO = HERE.parent
 SCHEMAS = HERE / "schema"
 RECIPE_TEMPLATE = HERE / "recipes" / "edge-component.yaml"
 INSTALL_SCRIPT = HERE / "recipes" / "install.sh"
+RUN_SCRIPT = HERE / "recipes" / "run.sh"
 
 COMPONENT_NAME = "com.mpd.EdgeAlerter"
 PUBLISHER = "Missing-person alerts project"
@@ -152,8 +153,22 @@ def check_deployment(deployment: dict) -> None:
             continue
         if name == COMPONENT_NAME:
             problems += [f"components/{name}/configurationUpdate/merge: {p}" for p in _numbers_in(value)]
+            problems += _gallery_problems(value, f"components/{name}/configurationUpdate/merge")
     if problems:
         raise PackagingError("deployment is invalid:\n  " + "\n  ".join(problems))
+
+
+def _gallery_problems(configuration: Any, where: str) -> list[str]:
+    """The device's own check of the gallery block (the same one that answers deployments)."""
+    from edge_app.ipc_config import check_gallery_settings
+
+    if not isinstance(configuration, dict):
+        return [f"{where}: must be a JSON object"]
+    try:
+        check_gallery_settings(configuration.get("gallery"))
+    except ValueError as error:
+        return [f"{where}: {error}"]
+    return []
 
 
 def _numbers_in(value: Any, path: str = "") -> list[str]:
@@ -391,6 +406,7 @@ def build_artifact(version: str, platform: Platform, out_dir: Path, source: Path
         shutil.copy2(app_wheel, wheels_dir / app_wheel.name)
         (stage / "requirements.lock").write_text("\n".join(lock_lines(dependencies)) + "\n")
         shutil.copy2(INSTALL_SCRIPT, stage / "install.sh")
+        shutil.copy2(RUN_SCRIPT, stage / "run.sh")
         wheel_names = sorted(p.name for p in wheels_dir.glob("*.whl"))
         build_info = {
             "component": COMPONENT_NAME,
@@ -422,14 +438,31 @@ def package(
     thing_group: str = "mpd-field-cameras",
     region: str = "REGION",
     account: str = "ACCOUNT_ID",
+    gallery_source: str | None = None,
+    gallery_public_key: Path | None = None,
     source: Path = REPO,
 ) -> PackageResult:
     if platform_name not in PLATFORMS:
         raise PackagingError(f"unknown platform {platform_name!r}: choose {' or '.join(PLATFORMS)}")
     platform = PLATFORMS[platform_name]
     out_dir = Path(out_dir)
-    recipe = render_recipe(version, bucket, prefix)  # fails fast on a bad version or bucket
-    deployment = render_deployment(version, thing_group=thing_group, region=region, account=account)
+    gallery: dict[str, str] = {}
+    if gallery_source:
+        gallery["source"] = gallery_source
+    if gallery_public_key is not None:
+        try:
+            gallery["public_key_pem"] = Path(gallery_public_key).read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            raise PackagingError(f"gallery public key {gallery_public_key}: {error}") from None
+    # Fail fast on a bad version, bucket or gallery setting, before any download.
+    recipe = render_recipe(version, bucket, prefix)
+    deployment = render_deployment(
+        version,
+        thing_group=thing_group,
+        region=region,
+        account=account,
+        configuration={"gallery": gallery} if gallery else None,
+    )
     artifact, wheels = build_artifact(version, platform, out_dir, source)
     recipe_path = out_dir / f"{COMPONENT_NAME}-{version}.yaml"
     recipe_path.write_text(dump_recipe(recipe))

@@ -64,18 +64,23 @@ def test_recipe_has_a_manifest_per_platform_pointing_at_its_own_zip(recipe):
         # Install is skipped only once this version's venv is complete, and Run uses that venv.
         assert lifecycle["Install"]["Skipif"] == f"exists {venv}/.mpd-installed"
         assert f"{{artifacts:decompressedPath}}/{packaging.ARTIFACT_DIR}/install.sh" in lifecycle["Install"]["Script"]
-        assert lifecycle["Run"]["Script"].startswith(f"exec {venv}/bin/mpd ")
+        run = lifecycle["Run"]
+        assert run["Script"] == f"exec bash {{artifacts:decompressedPath}}/mpd-edge/run.sh {venv} {{work:path}}"
+        # Gallery settings reach the Run step as recipe variables (a change restarts the component).
+        assert run["Setenv"]["MPD_GALLERY_SOURCE"] == "{configuration:/gallery/source}"
+        assert run["Setenv"]["MPD_GALLERY_PUBLIC_KEY_PEM"] == "{configuration:/gallery/public_key_pem}"
         assert "Startup" not in lifecycle
 
 
 def test_default_configuration_is_strings_and_a_valid_device_configuration(recipe):
     from edge_app.config import load_config
+    from edge_app.ipc_config import check_gallery_settings, device_part
 
     defaults = recipe["ComponentConfiguration"]["DefaultConfiguration"]
     numbers = [(path, value) for path, value in _leaves(defaults) if isinstance(value, int | float)]
     assert numbers == []
-    device_part = {key: value for key, value in defaults.items() if key != "accessControl"}
-    config = load_config(component_config=device_part)
+    check_gallery_settings(defaults["gallery"])
+    config = load_config(component_config=device_part(defaults))
     assert config.publisher == "greengrass"
     assert config.recognition.confirm_frames == int(defaults["recognition"]["confirm_frames"])
 
@@ -207,3 +212,20 @@ def test_check_command_fails_on_a_broken_or_malformed_file(tmp_path, recipe):
 def test_package_refuses_an_unknown_platform(tmp_path):
     with pytest.raises(packaging.PackagingError, match="unknown platform 'linux-armv7'"):
         packaging.package("1.0.0", "linux-armv7", tmp_path, bucket="mpd-artifacts-test")
+
+
+def test_package_puts_gallery_settings_into_the_deployment_and_checks_them(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    pem = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    gallery = {"source": "s3://mpd-galleries/namus", "public_key_pem": pem.decode()}
+    deployment = packaging.render_deployment(VERSION, configuration={"gallery": gallery})
+    merge = json.loads(deployment["components"][packaging.COMPONENT_NAME]["configurationUpdate"]["merge"])
+    assert merge == {"gallery": gallery}
+    with pytest.raises(packaging.PackagingError, match="gallery.public_key_pem"):
+        packaging.render_deployment(VERSION, configuration={"gallery": {"public_key_pem": "not a key"}})
+    not_a_key = tmp_path / "key.pem"
+    not_a_key.write_text("hello")
+    with pytest.raises(packaging.PackagingError, match="gallery.public_key_pem"):
+        packaging.package("1.0.0", "linux-x86_64", tmp_path, bucket="mpd-artifacts-test", gallery_public_key=not_a_key)

@@ -177,3 +177,40 @@ def test_install_without_python_311_fails_clearly(packaged, tmp_path):
     assert result.returncode == 1
     assert "python3.11-missing not found" in result.stderr
     assert not (tmp_path / "venv" / ".mpd-installed").exists()
+
+
+def _run_step_env(installed, **extra) -> dict:
+    return {**installed["env"], **extra}
+
+
+def _run_step(installed, env) -> subprocess.CompletedProcess:
+    """The recipe's Run script with its variables filled in, as the nucleus starts it."""
+    script = _interpolate(installed["lifecycle"]["Run"]["Script"], installed["artifacts"], installed["work"])
+    return subprocess.run(_offline(["sh", "-c", script]), env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_run_step_refuses_to_start_without_gallery_settings(installed):
+    result = _run_step(installed, _run_step_env(installed, MPD_GALLERY_PUBLIC_KEY_PEM="x"))
+    assert result.returncode == 1 and "gallery/source is not configured" in result.stderr
+    result = _run_step(installed, _run_step_env(installed, MPD_GALLERY_SOURCE="/nowhere"))
+    assert result.returncode == 1 and "an unsigned gallery is never used" in result.stderr
+
+
+def test_run_step_installs_the_first_gallery_offline_then_reads_its_configuration_over_ipc(installed, tmp_path):
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from tests.gallery_factory import Publisher, synthetic_gallery
+
+    publisher = Publisher(tmp_path)
+    record, _ = publisher.release(synthetic_gallery(20))
+    pem = publisher.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+    env = _run_step_env(installed, MPD_GALLERY_SOURCE=str(publisher.root), MPD_GALLERY_PUBLIC_KEY_PEM=pem)
+    result = _run_step(installed, env)
+    gallery = installed["work"] / "gallery"
+    # The signed gallery was fetched, verified and installed with no network...
+    assert (gallery / "current" / "manifest.json").is_file(), result.stderr[-3000:]
+    assert "gallery installed" in result.stdout
+    # ...and the pipeline then needs the nucleus for its configuration, which is not here.
+    assert result.returncode == 1
+    assert "not running as a Greengrass v2 component" in result.stderr
+    assert "cannot read the component configuration" in result.stderr

@@ -233,8 +233,8 @@ def watched(ipc):
 
 def test_reads_the_recipe_defaults_at_start_without_the_nucleus_keys(ipc, defaults):
     configuration = ComponentConfiguration(ipc).read()
-    assert "accessControl" not in configuration
-    assert configuration == {k: v for k, v in defaults.items() if k != "accessControl"}
+    # The nucleus's accessControl and the Run step's gallery block are not the device model's.
+    assert configuration == {k: v for k, v in defaults.items() if k not in ("accessControl", "gallery")}
     config = load_config(component_config=configuration)
     assert config.publisher == "greengrass"
     assert config.recognition.cooldown_s == float(defaults["recognition"]["cooldown_s"])
@@ -340,3 +340,39 @@ def test_close_ends_both_subscriptions_and_the_connection(watched, nucleus):
     assert len(nucleus.subscriptions) == 2
     component.close()
     assert nucleus.subscriptions == [] and nucleus.closed
+
+
+@pytest.fixture(scope="module")
+def gallery_public_key_pem() -> str:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    key = Ed25519PrivateKey.generate().public_key()
+    return key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def test_gallery_settings_are_checked_but_left_to_the_run_step(watched, nucleus, gallery_public_key_pem):
+    _, target = watched
+    gallery = {"source": "s3://mpd-galleries/namus", "public_key_pem": gallery_public_key_pem, "interval_s": "1800"}
+    assert nucleus.deploy({"gallery": gallery}, "set-gallery") == "SUCCEEDED"
+    assert nucleus.reports[-1].status == "ACCEPTED"
+    assert nucleus.configuration["gallery"] == gallery
+    time.sleep(0.2)
+    assert target.calls == []  # the Run step reads gallery.*; the pipeline's model never sees it
+
+
+@pytest.mark.parametrize(
+    ("gallery", "expected"),
+    [
+        (
+            {"public_key_pem": "-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n"},
+            "gallery.public_key_pem",
+        ),
+        ({"source": "ftp://galleries.example.org/"}, "gallery.source = 'ftp://galleries.example.org/'"),
+        ({"interval_s": "5"}, "gallery.interval_s = '5'"),
+        ({"sourse": "s3://mpd-galleries/namus"}, "gallery.sourse: unknown key"),
+    ],
+)
+def test_bad_gallery_settings_are_rejected(watched, nucleus, gallery, expected):
+    assert nucleus.deploy({"gallery": gallery}, "bad-gallery") == "FAILED"
+    assert expected in nucleus.reports[-1].message
