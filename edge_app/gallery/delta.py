@@ -58,7 +58,8 @@ class GalleryData:
         return {
             VECTORS: _npy_bytes(self.vectors),
             LABELS: json.dumps(self.labels).encode(),
-            PERSONS: json.dumps([p.model_dump() for p in self.persons], ensure_ascii=False).encode(),
+            # dict(row) is model_dump() for these flat rows, several times faster at 25k rows.
+            PERSONS: json.dumps([dict(p) for p in self.persons], ensure_ascii=False).encode(),
         }
 
 
@@ -83,11 +84,16 @@ def canonical(groups: dict[str, np.ndarray], persons: dict[str, PersonRow], dime
 
 
 def group_by_person(vectors: np.ndarray, labels: list[str]) -> dict[str, np.ndarray]:
-    """Rows of each person, in their original order."""
-    order: dict[str, list[int]] = {}
-    for row, label in enumerate(labels):
-        order.setdefault(label, []).append(row)
-    return {label: vectors[rows] for label, rows in order.items()}
+    """Rows of each person, in their original order (views when a person's rows are contiguous,
+    as they are in canonical order)."""
+    groups: dict[str, np.ndarray] = {}
+    start = 0
+    for end in range(1, len(labels) + 1):
+        if end == len(labels) or labels[end] != labels[start]:
+            label, block = labels[start], vectors[start:end]
+            groups[label] = np.concatenate([groups[label], block]) if label in groups else block
+            start = end
+    return groups
 
 
 def compute_delta(old: GalleryData, new: GalleryData) -> DeltaData:

@@ -43,6 +43,7 @@ from edge_app.gallery.bundle import (
     ModelRef,
     load_bundle,
     read_manifest,
+    verify_files,
 )
 from edge_app.gallery.delta import GalleryData, apply_delta, write_applied
 from edge_app.gallery.install import PUBLIC_KEY_ENV, GalleryDir, check_version_name, load_public_key
@@ -295,6 +296,7 @@ class SyncAgent:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.last_result: SyncResult | None = None
+        self._installed: BundleContents | None = None
         self.version = self.dir.recover()
 
     # --- running in the device pipeline --------------------------------------------
@@ -356,16 +358,16 @@ class SyncAgent:
         target = check_version_name(pointer.gallery_version)
         if target == self.version:
             return SyncResult("up_to_date", self.version)
-        staged = None
+        fetched = None
         if pointer.delta and self.version and pointer.delta.base_version == self.version:
             try:
-                staged = self._fetch_delta(pointer)
+                fetched = self._fetch_delta(pointer)
             except (SyncError, BundleError) as error:
                 log.warning("gallery: delta %s -> %s unusable, fetching the full bundle: %s",
                             self.version, target, error)  # fmt: skip
-        if staged is None:
-            staged = self._fetch_full(pointer)
-        contents = load_bundle(staged, self.public_key, require_signature=True)
+        if fetched is None:
+            fetched = self._fetch_full(pointer)
+        staged, contents = fetched
         self.dir.install(staged, target)
         self._swap_in(contents.model_copy(update={"path": self.dir.path_of(target)}))
         self._forget_downloads()
@@ -375,6 +377,7 @@ class SyncAgent:
     def _swap_in(self, contents: BundleContents) -> None:
         previous = self.version
         self.version = contents.manifest.gallery_version
+        self._installed = contents
         if self.on_swap is None:
             return
         try:
@@ -382,6 +385,7 @@ class SyncAgent:
         except Exception as error:
             self.dir.rollback()
             self.version = self.dir.current_version()
+            self._installed = None
             raise SyncError(f"the pipeline refused gallery {contents.manifest.gallery_version}, "
                             f"rolled back to {previous}: {error}") from error  # fmt: skip
 
@@ -395,25 +399,41 @@ class SyncAgent:
                 f"installed {self.version} ({current.created_at:%Y-%m-%dT%H:%M:%SZ}); refusing to go back"
             )
 
-    def _fetch_full(self, pointer: LatestPointer) -> Path:
+    def _fetch_full(self, pointer: LatestPointer) -> tuple[Path, BundleContents]:
         work = self._download(pointer.full, f"{pointer.gallery_version}-full", "full", pointer)
-        return work
+        return work, load_bundle(work, self.public_key, require_signature=True)
 
-    def _fetch_delta(self, pointer: LatestPointer) -> Path:
+    def _fetch_delta(self, pointer: LatestPointer) -> tuple[Path, BundleContents]:
         work = self._download(pointer.delta.path, f"{pointer.gallery_version}-delta", "delta", pointer)
         delta = load_bundle(work, self.public_key, require_signature=True)
-        base = GalleryData.from_bundle(self.dir.load(self.version))
+        base = self._current_data()
         staged = self.dir.new_staging(pointer.gallery_version)
-        write_applied(staged, apply_delta(base, delta), work)
+        result = apply_delta(base, delta)
+        write_applied(staged, result, work)
+        # The rebuilt files must be exactly those the cloud signed for the full bundle.
         rebuilt = read_manifest(staged, self.public_key, require_signature=True)
         if rebuilt.gallery_version != pointer.gallery_version or rebuilt.kind != "full":
             raise BundleError(f"delta carries the manifest of {rebuilt.gallery_version}, not {pointer.gallery_version}")
         try:
-            load_bundle(staged, self.public_key, require_signature=True)
+            verify_files(staged, rebuilt)
         except BundleError as error:
-            shutil.rmtree(staged, ignore_errors=True)
             raise BundleError(f"applying the delta did not reproduce the signed full gallery: {error}") from None
-        return staged
+        # Byte-identical to the verified files, so the arrays in hand are what a reload would give.
+        contents = BundleContents(
+            manifest=rebuilt,
+            vectors=result.vectors,
+            labels=result.labels,
+            persons={p.person_id: p for p in result.persons},
+            path=staged,
+        )
+        return staged, contents
+
+    def _current_data(self) -> GalleryData:
+        """The installed gallery, verified; kept from the last install so a delta needs no reload."""
+        cached = self._installed
+        if cached is None or cached.manifest.gallery_version != self.version:
+            cached = self.dir.load(self.version)
+        return GalleryData.from_bundle(cached)
 
     def _download(self, relpath: str, work_name: str, kind: str, pointer: LatestPointer) -> Path:
         """Fetch one bundle into ``downloads/<work_name>``: manifest first, then the files."""
