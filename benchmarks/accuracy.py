@@ -49,7 +49,7 @@ TARGET_FALSE_MATCH = 1e-3
 SAME_PERSON = {"deepface_unnamed_a": "angelina_jolie"}
 
 
-def embed_dataset(faces_dir: Path, models: FaceModels) -> dict:
+def embed_dataset(faces_dir: Path, models: FaceModels, extra_kinds: tuple[str, ...] = ("group", "noface")) -> dict:
     """Subject embedding per gallery photo; every usable face in group/ and noface/."""
     identities, paths, vectors, status = [], [], [], {"no_face": [], "ambiguous": []}
     for person_dir in sorted((faces_dir / "gallery").iterdir()):
@@ -66,6 +66,9 @@ def embed_dataset(faces_dir: Path, models: FaceModels) -> dict:
     extra = {}
     for kind in ("group", "noface"):
         kind_paths, kind_vectors = [], []
+        if kind not in extra_kinds:
+            extra[kind] = ([], np.empty((0, 128), np.float32))
+            continue
         for photo in sorted((faces_dir / kind).glob("*.jpg")):
             try:
                 usable, _ = photo_candidates(models, load_image(photo))
