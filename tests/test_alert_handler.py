@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -521,3 +523,64 @@ def test_lambda_entry_point_reads_its_configuration_from_the_environment(aws_ale
     assert result["decision"] == "sent" and result["details_fresh"] is True
     assert "Dana Example (F, 41 now" in aws_alerts.sms()[0]["message"]
     assert handler.lambda_handler({"payload": "e30=", "topic": "mpd/x/match"}, Context())["decision"] == "rejected"
+
+
+class FlakyProxy:
+    """Forwards to moto, but answers the first ``failures`` requests with a 5xx error:
+    a transient AWS outage that botocore's retries must ride out."""
+
+    def __init__(self, target: str, failures: int, status: int, body: bytes) -> None:
+        self.failures, self.requests = failures, 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                proxy.requests += 1
+                if proxy.requests <= proxy.failures:
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                answer = requests.post(target + self.path, data=data, headers=dict(self.headers), timeout=10)
+                self.send_response(answer.status_code)
+                for name in ("Content-Type", "x-amzn-RequestId", "x-amz-crc32"):
+                    if name in answer.headers:
+                        self.send_header(name, answer.headers[name])
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+SNS_UNAVAILABLE = (
+    b"<ErrorResponse><Error><Type>Receiver</Type><Code>ServiceUnavailable</Code>"
+    b"<Message>try again</Message></Error></ErrorResponse>"
+)
+DYNAMODB_INTERNAL = b'{"__type": "com.amazonaws.dynamodb.v20120810#InternalServerError", "message": "try again"}'
+
+
+@pytest.mark.parametrize(
+    ("service", "status", "body"), [("SNS", 503, SNS_UNAVAILABLE), ("DYNAMODB", 500, DYNAMODB_INTERNAL)]
+)
+def test_transient_aws_errors_are_retried_within_the_invocation(service, status, body, aws_alerts, monkeypatch):
+    proxy = FlakyProxy(os.environ["AWS_ENDPOINT_URL"], failures=1, status=status, body=body)
+    try:
+        monkeypatch.setenv(f"AWS_ENDPOINT_URL_{service}", proxy.url)
+        result = aws_alerts.service().handle(rule_event(make_event()))
+    finally:
+        proxy.close()
+    assert result["decision"] == "sent"
+    assert proxy.requests >= 2  # the failed request and its retry went through the proxy
+    assert len(aws_alerts.sms()) == 1
