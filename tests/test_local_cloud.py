@@ -23,6 +23,7 @@ from sync_service.alerts.config import AlertSettings
 from sync_service.alerts.handler import build_service
 from sync_service.alerts.local import LocalRuleEngine, MqttSettings, create_aws_resources
 from sync_service.alerts.stores import read_sms_sink
+from tests.servers import free_port
 from tests.test_alert_handler import PHONE, SITES, aws, make_event, namus, serialized_moto  # noqa: F401  (fixtures)
 
 MPD = str(Path(sys.executable).parent / "mpd")
@@ -178,3 +179,18 @@ def test_mpd_cloud_serve_with_no_cloud_writes_the_sms_file(broker, tmp_path):
     assert out.count('"decision": "duplicate"') == 2
     listed = subprocess.run([MPD, "cloud", "sms"], env=env, capture_output=True, text=True, timeout=60)
     assert [json.loads(line)["message_id"] for line in listed.stdout.splitlines()] == [sms["message_id"]]
+
+
+def test_mpd_cloud_serve_names_what_is_down(broker, tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = _base_env(tmp_path) | {"AWS_ENDPOINT_URL": dead, "AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t",
+                                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1"}  # fmt: skip
+    s = broker.client_settings(broker.pki.backend)
+    base = [MPD, "cloud", "serve", "--ca", s["ca"], "--cert", s["cert"], "--key", s["key"]]
+    no_aws = subprocess.run([*base, "--mqtt-port", str(s["port"])], env=env, capture_output=True, text=True, timeout=60)
+    assert no_aws.returncode == 1 and f"cannot create the alert tables at {dead}" in no_aws.stderr
+
+    no_broker = subprocess.run(
+        [*base, "--mqtt-port", str(free_port())], env=_base_env(tmp_path), capture_output=True, text=True, timeout=60
+    )
+    assert no_broker.returncode == 1 and "unreachable" in no_broker.stderr

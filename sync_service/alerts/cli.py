@@ -46,7 +46,13 @@ def serve_command(
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     if settings.backend == "aws" and create_tables and os.environ.get("AWS_ENDPOINT_URL"):
-        create_aws_resources(settings)
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            create_aws_resources(settings)
+        except (BotoCoreError, ClientError) as error:
+            endpoint = os.environ["AWS_ENDPOINT_URL"]
+            raise click.ClickException(f"cannot create the alert tables at {endpoint}: {error}") from None
     try:
         service = build_service(settings)
     except ValueError as error:
