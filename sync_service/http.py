@@ -39,6 +39,10 @@ class HttpError(RuntimeError):
         self.status = status
 
 
+class BodyTooLarge(HttpError):
+    """The body went past the size cap (checked while streaming, so it is never all in memory)."""
+
+
 class MalformedResponse(HttpError):
     """The server answered 200 but the body is not what was asked for (e.g. broken JSON)."""
 
@@ -192,7 +196,7 @@ class PoliteClient:
             total += len(chunk)
             if max_bytes is not None and total > max_bytes:
                 response.close()
-                raise HttpError(f"GET {url}: body is larger than {max_bytes} bytes", url, response.status_code)
+                raise BodyTooLarge(f"GET {url}: body is larger than {max_bytes} bytes", url, response.status_code)
             chunks.append(chunk)
         self.stats.bytes_received += total
         return b"".join(chunks)

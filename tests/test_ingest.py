@@ -323,3 +323,43 @@ def test_source_failing_mid_run_stops_after_a_few_cases_and_resumes(tmp_path, fa
         summary = ingest("namus", server, store)
     assert summary.resumed and summary.new == 9 and summary.fetch_failed == {}
     assert len(list(store.iter_cases())) == 9
+
+
+def test_rejected_photo_gets_another_chance_next_run(tmp_path, face_photos):
+    data = write_fixture_cases(tmp_path / "data", "namus", namus_cases(face_photos, 2), states=STATES)
+    store = LocalStore(tmp_path / "store")
+    with SourceServer("namus", data, faults="nonimage=10000") as server:
+        first = ingest("namus", server, store)
+        assert dict(first.photos_rejected) == {"not an image": 1}
+        server.faults.non_image = frozenset()  # the WAF page was a passing thing
+        second = ingest("namus", server, store)
+    assert (second.changed, second.unchanged, second.photos_stored) == (1, 1, 1)
+    case = store.get_case("namus", "MP1000")
+    assert case.rejected_photos == [] and store.read_photo(case.photos[0]) == face_photos[0].read_bytes()
+
+
+def test_oversized_photo_is_rejected_without_reading_it_all(tmp_path, face_photos, monkeypatch):
+    monkeypatch.setattr("sync_service.sources.base.MAX_PHOTO_BYTES", 1000)
+    data = write_fixture_cases(tmp_path / "data", "namus", namus_cases(face_photos, 1), states=STATES)
+    with SourceServer("namus", data) as server:
+        summary = ingest("namus", server, LocalStore(tmp_path / "store"))
+    assert dict(summary.photos_rejected) == {"too large": 1}
+
+
+def test_stale_checkpoint_is_not_resumed(tmp_path, face_photos):
+    data = write_fixture_cases(tmp_path / "data", "namus", namus_cases(face_photos, 4), states=STATES)
+    store = LocalStore(tmp_path / "store")
+    with SourceServer("namus", data) as server:
+
+        def source_goes_down(case_id: str) -> None:
+            server.faults.server_errors = 10_000
+
+        client = PoliteClient(500, backoff_base=0.01, max_attempts=1)
+        with pytest.raises(SourceDown):
+            Ingest(make_adapter("namus", server.url, client=client), store, max_consecutive_failures=1,
+                   on_case=source_goes_down).run()  # fmt: skip
+        server.faults.server_errors = 0
+        server.faults.seen.clear()
+        client = PoliteClient(500)
+        summary = Ingest(make_adapter("namus", server.url, client=client), store, max_checkpoint_age=0).run()
+    assert not summary.resumed and (summary.new, summary.unchanged) == (3, 1)

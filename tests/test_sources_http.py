@@ -34,13 +34,13 @@ def test_rate_limit_spaces_every_request(data):
         client = PoliteClient(rate)
         for _ in range(12):
             client.get_json(server.url + STATES)
-    arrivals = [r.at for r in server.requests]
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
-    # Sleeping never ends early, so no two requests may start closer than 1/rate on the
-    # client; the server sees the same, give or take its thread picking the request up.
+    # Sleeping never ends early, so no two requests start closer than 1/rate on the
+    # client. The server's clock reads when its handler thread runs, which a loaded
+    # machine delays now and then, so there the whole span is checked instead.
     starts = client.stats.request_starts
     assert min(b - a for a, b in zip(starts, starts[1:], strict=False)) >= 1 / rate
-    assert min(gaps) >= 1 / rate - 0.01
+    arrivals = [r.at for r in server.requests]
+    assert arrivals[-1] - arrivals[0] >= (len(arrivals) - 1) / rate - 0.02
     assert all(r.user_agent == USER_AGENT for r in server.requests)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from sync_service.http import HttpError, MalformedResponse
+from sync_service.http import BodyTooLarge, HttpError, MalformedResponse
 from sync_service.sources.base import SourceAdapter
 from sync_service.sources.photos import PhotoRejected
 from sync_service.sources.records import CaseSummary, MalformedCase, PersonRecord
@@ -106,6 +106,7 @@ class Ingest:
         progress: bool = False,
         checkpoint_seconds: float = 2.0,
         max_consecutive_failures: int = 5,
+        max_checkpoint_age: float = 12 * 3600,
         on_case: Callable[[str], None] | None = None,
     ) -> None:
         self.adapter = adapter
@@ -116,6 +117,8 @@ class Ingest:
         self.progress = progress
         self.checkpoint_seconds = checkpoint_seconds
         self.max_consecutive_failures = max_consecutive_failures
+        self.max_checkpoint_age = max_checkpoint_age
+        self.started_at = _now()
         self.on_case = on_case  # test/benchmark hook, called after each finished case
         self.params = {"base_url": adapter.base_url, "scopes": scopes or [], "limit": limit}
         self.state_prefix = f"state/ingest-{self.source}"
@@ -129,6 +132,11 @@ class Ingest:
         if progress.get("version") != CHECKPOINT_VERSION or progress.get("params") != self.params:
             log.warning("ignoring a checkpoint from a run with other parameters: %s", progress.get("params"))
             return None
+        started = datetime.fromisoformat(progress.get("started_at", "1970-01-01T00:00:00+00:00"))
+        if (_now() - started).total_seconds() > self.max_checkpoint_age:
+            # An old listing would hide what changed since; start over.
+            log.warning("ignoring a checkpoint from %s, older than %.0f h", started, self.max_checkpoint_age / 3600)
+            return None
         return progress, listing
 
     def _save_listing(self, listing: dict) -> None:
@@ -137,7 +145,13 @@ class Ingest:
     def _save_progress(self, done: set[str], summary: IngestSummary) -> None:
         self.store.write_json(
             f"{self.state_prefix}/progress.json",
-            {"version": CHECKPOINT_VERSION, "params": self.params, "done": sorted(done), "summary": summary.to_json()},
+            {
+                "version": CHECKPOINT_VERSION,
+                "params": self.params,
+                "started_at": self.started_at.isoformat(),
+                "done": sorted(done),
+                "summary": summary.to_json(),
+            },
         )
 
     def _clear_checkpoint(self) -> None:
@@ -153,6 +167,7 @@ class Ingest:
             progress, listing = checkpoint
             summary = IngestSummary.from_json(progress["summary"])
             summary.resumed = True
+            self.started_at = datetime.fromisoformat(progress["started_at"])
             done = set(progress["done"])
             log.info("resuming %s ingest: %d cases already done", self.source, len(done))
         else:
@@ -250,6 +265,9 @@ class Ingest:
             and (not stored.removed or stored.removed_reason == "resolved")
             and listed.modified is not None
             and stored.record.modified == listed.modified
+            # A rejected photo may have been a passing failure (a WAF page, a cut
+            # transfer): such a case is read again so the photo gets another chance.
+            and not stored.rejected_photos
         ):
             summary.unchanged += 1
             if sorted(stored.scopes) != sorted(scopes):
@@ -301,6 +319,10 @@ class Ingest:
                 rejected.append(RejectedPhoto(photo_id=ref.photo_id, reason=error.reason, detail=error.detail))
                 summary.photos_rejected[error.reason] += 1
                 log.warning("%s case %s photo %s rejected: %s", self.source, record.case_id, ref.photo_id, error)
+            except BodyTooLarge as error:
+                rejected.append(RejectedPhoto(photo_id=ref.photo_id, reason="too large", detail=str(error)))
+                summary.photos_rejected["too large"] += 1
+                log.warning("%s case %s photo %s: %s", self.source, record.case_id, ref.photo_id, error)
             except HttpError as error:
                 reason = f"download failed (HTTP {error.status})" if error.status else "download failed"
                 rejected.append(RejectedPhoto(photo_id=ref.photo_id, reason=reason, detail=str(error)))
