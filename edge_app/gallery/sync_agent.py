@@ -313,7 +313,10 @@ class SyncAgent:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.sync_once()
+            try:
+                self.sync_once()
+            except Exception:  # noqa: BLE001 - the agent thread must outlive any one bad sync
+                log.exception("gallery sync failed unexpectedly, staying on %s", self.version)
             self._wake.wait(self.interval)
             self._wake.clear()
 
