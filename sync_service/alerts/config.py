@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -51,6 +52,15 @@ class DeviceNames(BaseModel):
     name: str = Field(min_length=1, max_length=80)
     timezone: str = "UTC"
     cameras: dict[str, Annotated[str, Field(min_length=1, max_length=60)]] = Field(default_factory=dict)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as 'America/Chicago')") from None
+        return value
 
 
 class Sites(BaseModel):
@@ -110,13 +120,24 @@ class AlertSettings(BaseModel):
         in_aws = bool(env.get("AWS_LAMBDA_FUNCTION_NAME") or env.get("AWS_ENDPOINT_URL"))
         values: dict[str, object] = {"backend": "aws" if in_aws else "local"}
         values |= {field: env[var] for field, var in ENV_FIELDS.items() if env.get(var)}
+        for variable, field in (("MPD_SOURCE_URLS", "source_urls"), ("MPD_SITES", "sites")):
+            if env.get(variable):
+                try:
+                    values[field] = json.loads(env[variable])
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{variable} is not JSON: {error}") from None
+        if env.get("MPD_SITES_FILE"):
+            try:
+                values["sites"] = json.loads(Path(env["MPD_SITES_FILE"]).read_bytes())
+            except (OSError, json.JSONDecodeError) as error:
+                raise ValueError(f"MPD_SITES_FILE {env['MPD_SITES_FILE']!r} unreadable: {error}") from None
         try:
-            if env.get("MPD_SITES_FILE"):
-                values["sites"] = Sites.model_validate_json(Path(env["MPD_SITES_FILE"]).read_bytes())
-            elif env.get("MPD_SITES"):
-                values["sites"] = Sites.model_validate(json.loads(env["MPD_SITES"]))
-            if env.get("MPD_SOURCE_URLS"):
-                values["source_urls"] = json.loads(env["MPD_SOURCE_URLS"])
             return cls.model_validate(values)
-        except (ValidationError, json.JSONDecodeError, OSError) as error:
-            raise ValueError(f"bad alert configuration (MPD_* environment variables): {error}") from None
+        except ValidationError as error:
+            variables = {"sites": "MPD_SITES", "source_urls": "MPD_SOURCE_URLS"} | ENV_FIELDS
+            problems = "; ".join(
+                f"{variables.get(str(e['loc'][0]), e['loc'][0])}"
+                f"{''.join(f'[{part}]' for part in e['loc'][1:])}: {e['msg']}"
+                for e in error.errors()
+            )
+            raise ValueError(f"bad alert configuration: {problems}") from None

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.idempotency import (
@@ -214,10 +214,7 @@ class AlertService:
 
     def compose(self, match: MatchEvent, details: CaseDetails) -> str:
         camera, device = self.settings.sites.describe(match.device_id, match.camera_id)
-        try:
-            zone = ZoneInfo(self.settings.sites.timezone_of(match.device_id))
-        except (ZoneInfoNotFoundError, ValueError):
-            zone = ZoneInfo("UTC")
+        zone = ZoneInfo(self.settings.sites.timezone_of(match.device_id))  # validated with the settings
         return AlertText(
             name=details.name,
             case_label=f"{SOURCE_LABELS.get(match.source, match.source)} {match.case_id}",
