@@ -49,11 +49,12 @@ def test_deployed_threshold_reaches_the_running_pipeline_and_a_bad_one_is_refuse
     nucleus = FakeNucleusConnection(_merge(defaults, device))
     ipc = GreengrassCoreIPCClientV2(client=nucleus)
 
-    config = load_config(component_config=ComponentConfiguration(ipc).read())
+    component = ComponentConfiguration(ipc)
+    config = load_config(component_config=component.read())
     models = face_models()
     live = LiveGallery(Gallery.from_bundle(load_bundle(bundle)), embedder=models.embedder_ref)
     runner = EdgeRunner(config, models, live, FilePublisher(config.file_path), status=None)
-    component = attach_to_runner(runner, ipc=ipc)
+    attach_to_runner(runner, component)
 
     # Nobody in the video reaches 0.99: with this deployed, the member must not be reported.
     assert nucleus.deploy({"recognition": {"threshold": "0.99"}}, "raise-threshold") == "SUCCEEDED"
