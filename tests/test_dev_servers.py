@@ -238,3 +238,11 @@ def test_cli_refuses_bad_faults(namus_data):
         timeout=60,
     )
     assert result.returncode == 2 and "unknown fault 'nope'" in result.stderr
+
+
+def test_namus_states_default_to_those_of_the_cases(tmp_path):
+    data = write_fixture_cases(tmp_path, "namus", made_up_cases(3, states=("Guam", "Utah")))
+    (data / "states.json").unlink()
+    with SourceServer("namus", data) as server:
+        states = get(NAMUS.format(server.url[7:]) + "/States").json()
+    assert [s["name"] for s in states] == ["Guam", "Utah"]

@@ -250,7 +250,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _namus(self, method: str, url: Any, body: bytes) -> tuple[int, bytes, str]:
         path = url.path
         if method == "GET" and path == f"{NAMUS_API}/States":
-            return self._json(200, self.app.load("states.json") or [])
+            states = self.app.load("states.json")
+            if states is None:  # a data folder without states.json: the states its cases use
+                names = sorted({s for s in map(_namus_state, self.app.all_in("cases")) if s})
+                states = [{"id": i + 1, "name": n, "displayName": n[:2].upper()} for i, n in enumerate(names)]
+            return self._json(200, states)
         if method == "POST" and path == f"{NAMUS_API}/MissingPersons/Search":
             return self._namus_search(body)
         match = re.fullmatch(rf"{NAMUS_API}/MissingPersons/Cases/(\d+)", path)
