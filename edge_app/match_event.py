@@ -92,7 +92,7 @@ class MatchEvent(BaseModel):
             raise ValueError(f"payload is more than {MAX_EVENT_BYTES} bytes")
         try:
             data = json.loads(payload)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:  # RecursionError: "[[[[..."
             raise ValueError(f"payload is not JSON: {error}") from None
         if not isinstance(data, dict):
             raise ValueError("payload is not a JSON object")

@@ -385,6 +385,16 @@ def _valid() -> dict:
     return json.loads(make_event().to_json())
 
 
+def _valid_json() -> bytes:
+    return make_event().to_json().encode()
+
+
+def _with_raw(field: str, raw: bytes) -> bytes:
+    data = _valid()
+    data[field] = "PLACEHOLDER"
+    return json.dumps(data).encode().replace(b'"PLACEHOLDER"', raw)
+
+
 def _without(field: str) -> bytes:
     data = _valid()
     del data[field]
@@ -411,6 +421,13 @@ MALFORMED: dict[str, tuple[Any, str]] = {
     "oversized": (rule_event(_with(display_name="x" * (MAX_EVENT_BYTES + 10))), "more than"),
     "crop not a JPEG": (rule_event(_with(crop_jpeg_b64=base64.b64encode(b"GIF89a").decode())), "not a JPEG"),
     "device differs from topic": (rule_event(make_event(), topic="mpd/dev-south/match"), "does not match topic"),
+    "nested too deeply": (rule_event(b"[" * 5000 + b"]" * 5000), "not JSON"),
+    "NaN similarity": (
+        rule_event(_valid_json().replace(b'"best_similarity":0.612', b'"best_similarity":NaN')),
+        "best_similarity",
+    ),
+    "huge integer": (rule_event(_with_raw("frames_used", b"9" * 5000)), "integer string conversion"),
+    "JSON null": (rule_event(b"null"), "not a JSON object"),
     "payload not base64": ({"payload": "%%%not base64%%%", "topic": "mpd/dev-north/match"}, "not base64"),
     "not a rule event": ({"hello": "world"}, "not a rule event"),
     "event not an object": ("just a string", "not an object"),

@@ -91,6 +91,8 @@ def parse_event(event: Any) -> MatchEvent:
         raise Rejected(f"not a valid match event: {_first_error(error)}") from None
     except ValueError as error:
         raise Rejected(str(error)) from None
+    except Exception as error:  # parsing touches nothing outside: whatever fails here is bad input
+        raise Rejected(f"unreadable payload ({type(error).__name__}: {error})"[:300]) from None
     topic_device = device_of(envelope.topic)
     if topic_device != match.device_id:
         # The IoT policy lets a device publish only under its own name: the topic is the
