@@ -213,3 +213,44 @@ def test_interpol_ids_and_malformed():
         parse_notice({"entity_id": "2021/1"})
     with pytest.raises(ValueError, match="notices list"):
         parse_list_page({"total": 1})
+
+
+# --- the other real references: the NamUs state list and the Interpol OpenAPI examples -----
+
+
+def test_dev_server_states_are_the_real_namus_states(sources_dir):
+    import csv
+
+    from sync_service.dev_servers.fixtures import NAMUS_STATES
+
+    with open(sources_dir / "namus_MissingPersons_summary_2025-09-20.csv", newline="") as file:
+        real = [row["state"] for row in csv.DictReader(file)]
+    assert len(real) == 55 and sorted(real) == sorted(name for name, _ in NAMUS_STATES)
+
+
+def example_of(schema: dict):
+    """An instance built from an OpenAPI schema's ``example`` values."""
+    if "example" in schema:
+        return schema["example"]
+    if schema.get("type") == "array":
+        return [example_of(schema.get("items", {}))]
+    if "properties" in schema:
+        return {name: example_of(sub or {}) for name, sub in schema["properties"].items()}
+    return None
+
+
+def test_interpol_openapi_yellow_examples_parse(sources_dir):
+    import yaml
+
+    from sync_service.sources.interpol import parse_images
+
+    schemas = yaml.safe_load((sources_dir / "interpol_openapi_bundesAPI.yaml").read_text())["components"]["schemas"]
+    detail = example_of(schemas["YellowNoticeDetail"])
+    pictures = parse_images(example_of(schemas["YellowNoticeDetailImages"]), "https://ws-public.interpol.int/x")
+    assert [(p.photo_id, p.url) for p in pictures] == [
+        ("59410257", "https://ws-public.interpol.int/notices/v1/yellow/2014-5590/images/59410257")
+    ]
+    record = parse_notice(detail, pictures)
+    assert (record.case_id, record.name, record.sex) == ("2022-9888", "Max Max", "female")
+    assert record.last_seen_date == date(2021, 2, 1) and record.last_seen_place == "Karlsruhe, DE"
+    assert record.age_when_missing == AgeRange(min=62, max=62)  # born 1958/11/05

@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 
 from sync_service.http import HttpError, PoliteClient
 from sync_service.sources.base import SourceAdapter, dig, integer, sex_of, text
-from sync_service.sources.records import AgeRange, CaseSummary, MalformedCase, PersonRecord, PhotoRef
+from sync_service.sources.records import SAFE_ID, AgeRange, CaseSummary, MalformedCase, PersonRecord, PhotoRef
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,24 @@ def parse_list_page(data: Any) -> tuple[int, list[CaseSummary]]:
     return integer(data.get("total")) or 0, summaries
 
 
+def _readable(place: str | None) -> str | None:
+    """Interpol writes places in capitals (``KARLSRUHE``); an SMS reads better without."""
+    return place.title() if place and place.isupper() else place
+
+
+def parse_images(data: Any, images_url: str) -> list[PhotoRef]:
+    """Photos from a ``/notices/v1/yellow/{id}/images`` response (bad entries are skipped)."""
+    pictures = []
+    for image in dig(data, "_embedded", "images") or []:
+        picture = text(str(image.get("picture_id") or "")) if isinstance(image, dict) else None
+        if not picture or not SAFE_ID.match(picture):
+            log.warning("Interpol images %s: ignoring an entry without a usable picture_id", images_url)
+            continue
+        href = text(dig(image, "_links", "self", "href")) or f"{images_url.rstrip('/')}/{picture}"
+        pictures.append(PhotoRef(photo_id=picture, url=href))
+    return pictures
+
+
 def parse_notice(data: Any, pictures: list[PhotoRef] | None = None) -> PersonRecord:
     """A ``PersonRecord`` from a notice (detail or list item). Raises ``MalformedCase``."""
     if not isinstance(data, dict):
@@ -98,7 +116,8 @@ def parse_notice(data: Any, pictures: list[PhotoRef] | None = None) -> PersonRec
             age_now=age_on(date.today()),
             age_when_missing=age_on(event) if event else None,
             last_seen_date=event,
-            last_seen_place=", ".join(filter(None, (text(data.get("place")), text(data.get("country"))))) or None,
+            last_seen_place=", ".join(filter(None, (_readable(text(data.get("place"))), text(data.get("country")))))
+            or None,
             photos=tuple(pictures),
             url=WEB_PAGE + case_id,
         )
@@ -163,12 +182,10 @@ class InterpolAdapter(SourceAdapter):
         images = self.client.get(images_url)
         pictures: list[PhotoRef] = []
         if images.ok:
-            listed = dig(self.client._json(images, "GET", images_url), "_embedded", "images") or []
-            for image in listed:
-                picture = text(str(image.get("picture_id") or "")) if isinstance(image, dict) else None
-                href = text(dig(image, "_links", "self", "href")) or f"{images_url}/{picture}"
-                if picture:
-                    pictures.append(PhotoRef(photo_id=picture, url=self.url(href)))
+            pictures = [
+                p.model_copy(update={"url": self.url(p.url)})
+                for p in parse_images(self.client._json(images, "GET", images_url), images_url)
+            ]
         elif images.status_code != 404:
             raise HttpError(f"GET {images_url}: HTTP {images.status_code}", images_url, images.status_code)
         return parse_notice(data, pictures)
