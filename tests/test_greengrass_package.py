@@ -214,3 +214,35 @@ def test_run_step_installs_the_first_gallery_offline_then_reads_its_configuratio
     assert result.returncode == 1
     assert "not running as a Greengrass v2 component" in result.stderr
     assert "cannot read the component configuration" in result.stderr
+
+
+def test_installed_app_runs_the_pipeline_offline_on_an_image_folder(installed, faces_dir, tmp_path):
+    """Not just --help: the offline venv loads the pinned models, verifies a signed gallery
+    and runs detection and embedding on real photos (read in place from the shared data)."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from tests.gallery_factory import Publisher, synthetic_gallery
+
+    publisher = Publisher(tmp_path / "cloud")
+    publisher.release(synthetic_gallery(10))
+    key = tmp_path / "gallery.pub"
+    key.write_bytes(publisher.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    venv = installed["work"] / f"venv-{VERSION}"
+    env = {**installed["env"], "MPD_MODEL_CACHE": str(tmp_path / "model-cache"), "MPD_GALLERY_PUBLIC_KEY": str(key)}
+    gallery = tmp_path / "gallery"
+    synced = subprocess.run(
+        _offline([str(venv / "bin" / "mpd"), "sync", "--once", "--from", str(publisher.root), "--dir", str(gallery)]),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert synced.returncode == 0, synced.stderr[-3000:]
+    photos = faces_dir / "gallery" / "barack_obama"
+    command = [str(venv / "bin" / "mpd"), "edge", "run", "--bundle", str(gallery), "--source", str(photos)]
+    command += ["--publisher", "stdout", "--outbox", str(tmp_path / "outbox.sqlite3"), "--max-frames", "3"]
+    result = subprocess.run(_offline(command), env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["frames_processed"] >= 1
+    assert summary["faces_embedded"] >= 1, summary  # the models ran in the offline venv
