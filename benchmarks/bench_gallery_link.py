@@ -46,7 +46,8 @@ def mean_template(gallery):
 
     groups = group_by_person(gallery.vectors, gallery.labels)
     rows = {p.person_id: p for p in gallery.persons}
-    means = {pid: (v.mean(axis=0) / np.linalg.norm(v.mean(axis=0)))[None, :] for pid, v in groups.items()}
+    # A single row is kept bit for bit: re-normalising it would change every unchanged person.
+    means = {pid: v if len(v) == 1 else (v.mean(axis=0) / np.linalg.norm(v.mean(axis=0)))[None, :] for pid, v in groups.items()}  # fmt: skip
     return canonical(means, rows, gallery.vectors.shape[1])
 
 
