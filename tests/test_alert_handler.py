@@ -601,3 +601,56 @@ def test_transient_aws_errors_are_retried_within_the_invocation(service, status,
     assert result["decision"] == "sent"
     assert proxy.requests >= 2  # the failed request and its retry went through the proxy
     assert len(aws_alerts.sms()) == 1
+
+
+# --- an invocation that dies half-way ----------------------------------------------------------
+
+
+class Killed(BaseException):
+    """The process dying (timeout, out of memory): no ``except Exception`` clean-up runs."""
+
+
+class NoTimeLeft:
+    """A Lambda context at its deadline, so the in-progress record expires at once."""
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 0
+
+
+def test_retry_after_dying_before_the_sms_texts_once(backend):
+    event = rule_event(make_event())
+    dying = backend.service()
+
+    class DiesOnSend:
+        def send(self, text: str) -> list[str]:
+            raise Killed
+
+    dying.sender = DiesOnSend()
+    with pytest.raises(Killed):
+        dying.handle(event, NoTimeLeft())
+    assert backend.sms() == []
+    time.sleep(0.01)  # past the in-progress expiry
+
+    # Its cooldown claim is still held; the retry of the same event takes it back.
+    assert backend.service().handle(event)["decision"] == "sent"
+    assert len(backend.sms()) == 1
+
+
+def test_retry_after_dying_once_the_sms_was_sent_does_not_text_again(backend, monkeypatch):
+    event = rule_event(make_event())
+    dying = backend.service()
+
+    def die(*args: Any, **kwargs: Any) -> None:
+        raise Killed
+
+    # The SMS is out and audited, then the invocation dies before Powertools marks it done.
+    monkeypatch.setattr(dying.persistence, "_update_record", die)
+    with pytest.raises(Killed):
+        dying.handle(event, NoTimeLeft())
+    assert len(backend.sms()) == 1
+    time.sleep(0.01)
+
+    result = backend.service().handle(event)
+    assert result["decision"] == "sent" and result.get("recovered") is True
+    assert len(backend.sms()) == 1
+    assert backend.service().handle(event)["decision"] == "duplicate"

@@ -141,6 +141,7 @@ def test_alert_function_has_least_privilege(template):
         ("dynamodb:UpdateItem", "{'Fn::GetAtt': ['CooldownTable', 'Arn']}"),
         ("dynamodb:DeleteItem", "{'Fn::GetAtt': ['CooldownTable', 'Arn']}"),
         ("dynamodb:PutItem", "{'Fn::GetAtt': ['AuditTable', 'Arn']}"),
+        ("dynamodb:GetItem", "{'Fn::GetAtt': ['AuditTable', 'Arn']}"),
         ("sns:Publish", "{'Ref': 'AlertTopic'}"),
         ("sqs:SendMessage", "{'Fn::GetAtt': ['AlertFailureQueue', 'Arn']}"),
     }

@@ -139,6 +139,7 @@ class AlertService:
         self.store = store
         self.sender = sender
         self.lookup = lookup
+        self.persistence = persistence
         self.idempotency = IdempotencyConfig(
             event_key_jmespath="event_id",
             # The same event id with other content is a device bug or a forgery, not a retry.
@@ -194,6 +195,19 @@ class AlertService:
         )
         if not claim.granted:
             return self._decided(match, event, Decision.COOLDOWN, now, held_by=claim.holder_event_id)
+        if claim.retaken:
+            # A retry after this event's invocation died holding the claim. If it got as far
+            # as the audit record, the SMS went out: do not text again.
+            previous = self.store.read_audit(event_id)
+            if previous is not None and previous.get("decision") == Decision.SENT.value:
+                logger.warning("retry of an alert already sent; not texting again", extra={"event_id": event_id})
+                message_ids = list(previous.get("message_ids", []))
+                return {
+                    "decision": Decision.SENT.value,
+                    "event_id": event_id,
+                    "message_ids": message_ids,
+                    "recovered": True,
+                }
         try:
             details = self.lookup.details(match)
             if details.resolved:

@@ -59,6 +59,9 @@ class CooldownClaim:
     granted: bool
     holder_event_id: str | None = None  # who holds the cooldown when not granted
     holder_sent_ms: int | None = None
+    # Granted to an event that already held it: a retry after a crash, which may have
+    # sent its SMS before it died.
+    retaken: bool = False
 
 
 class DecisionStore(Protocol):
@@ -69,6 +72,8 @@ class DecisionStore(Protocol):
     def release_cooldown(self, key: str, event_id: str) -> None: ...
 
     def write_audit(self, record: dict[str, Any]) -> None: ...
+
+    def read_audit(self, event_id: str) -> dict[str, Any] | None: ...
 
 
 class SmsSender(Protocol):
@@ -94,7 +99,7 @@ class DynamoDecisionStore:
         # One atomic conditional update: free, expired, or already ours (a retry of the
         # same event after a failure must be able to take it again).
         try:
-            self.client.update_item(
+            response = self.client.update_item(
                 TableName=self.cooldown_table,
                 Key={COOLDOWN.key: {"S": key}},
                 UpdateExpression="SET last_sent_ms = :now, last_event_id = :event, expires_at = :expires",
@@ -105,6 +110,7 @@ class DynamoDecisionStore:
                     ":event": {"S": event_id},
                     ":expires": {"N": str(expires_at)},
                 },
+                ReturnValues="ALL_OLD",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as error:
@@ -116,7 +122,8 @@ class DynamoDecisionStore:
                 old.get("last_event_id", {}).get("S"),
                 int(old["last_sent_ms"]["N"]) if "last_sent_ms" in old else None,
             )
-        return CooldownClaim(True)
+        previous = response.get("Attributes", {}).get("last_event_id", {}).get("S")
+        return CooldownClaim(True, retaken=previous == event_id)
 
     def release_cooldown(self, key: str, event_id: str) -> None:
         try:
@@ -138,6 +145,17 @@ class DynamoDecisionStore:
         plain = json.loads(json.dumps(record, default=str), parse_float=Decimal)
         item = {name: serializer.serialize(value) for name, value in plain.items() if value is not None}
         self.client.put_item(TableName=self.audit_table, Item=item)
+
+    def read_audit(self, event_id: str) -> dict[str, Any] | None:
+        from boto3.dynamodb.types import TypeDeserializer
+
+        item = self.client.get_item(
+            TableName=self.audit_table, Key={AUDIT.key: {"S": event_id}}, ConsistentRead=True
+        ).get("Item")
+        if item is None:
+            return None
+        deserializer = TypeDeserializer()
+        return {name: deserializer.deserialize(value) for name, value in item.items()}
 
 
 class SnsSender:
@@ -204,19 +222,31 @@ class SqliteDecisionStore:
 
     def claim_cooldown(self, key: str, event_id: str, now_ms: int, cooldown_ms: int, expires_at: int) -> CooldownClaim:
         with self.tables.connect() as db:
-            changed = db.execute(
-                f"""INSERT INTO cooldown ({COOLDOWN.key}, last_sent_ms, last_event_id, expires_at)
-                    VALUES (:key, :now, :event, :expires)
-                    ON CONFLICT ({COOLDOWN.key}) DO UPDATE SET
-                        last_sent_ms = :now, last_event_id = :event, expires_at = :expires
-                    WHERE cooldown.last_sent_ms < :cutoff OR cooldown.last_event_id = :event""",
-                {"key": key, "now": now_ms, "event": event_id, "expires": expires_at, "cutoff": now_ms - cooldown_ms},
-            ).rowcount
-            if changed:
-                return CooldownClaim(True)
-            row = db.execute(
-                f"SELECT last_event_id, last_sent_ms FROM cooldown WHERE {COOLDOWN.key} = ?", (key,)
-            ).fetchone()
+            db.execute("BEGIN IMMEDIATE")  # read the holder and claim in one write transaction
+            try:
+                row = db.execute(
+                    f"SELECT last_event_id, last_sent_ms FROM cooldown WHERE {COOLDOWN.key} = ?", (key,)
+                ).fetchone()
+                changed = db.execute(
+                    f"""INSERT INTO cooldown ({COOLDOWN.key}, last_sent_ms, last_event_id, expires_at)
+                        VALUES (:key, :now, :event, :expires)
+                        ON CONFLICT ({COOLDOWN.key}) DO UPDATE SET
+                            last_sent_ms = :now, last_event_id = :event, expires_at = :expires
+                        WHERE cooldown.last_sent_ms < :cutoff OR cooldown.last_event_id = :event""",
+                    {
+                        "key": key,
+                        "now": now_ms,
+                        "event": event_id,
+                        "expires": expires_at,
+                        "cutoff": now_ms - cooldown_ms,
+                    },
+                ).rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        if changed:
+            return CooldownClaim(True, retaken=row is not None and row[0] == event_id)
         return CooldownClaim(False, row[0] if row else None, row[1] if row else None)
 
     def release_cooldown(self, key: str, event_id: str) -> None:
@@ -229,6 +259,11 @@ class SqliteDecisionStore:
                 f"INSERT OR REPLACE INTO audit ({AUDIT.key}, record, expires_at) VALUES (?, ?, ?)",
                 (record[AUDIT.key], json.dumps(record, default=str), record.get(AUDIT.ttl_attribute)),
             )
+
+    def read_audit(self, event_id: str) -> dict[str, Any] | None:
+        with self.tables.connect() as db:
+            row = db.execute(f"SELECT record FROM audit WHERE {AUDIT.key} = ?", (event_id,)).fetchone()
+        return json.loads(row[0]) if row else None
 
     def audit_records(self) -> list[dict[str, Any]]:
         with self.tables.connect() as db:
