@@ -54,6 +54,9 @@ def test_first_sync_installs_full_bundle_and_reports_version(publisher, gallerie
     assert (tmp_path / "device" / "current").resolve().name == record.gallery_version
     assert bundle_bytes(tmp_path / "device" / "current") == bundle_bytes(publisher.root / record.full)
     assert agent.sync_once().status == "up_to_date"
+    restarted = agent_for(publisher.root, publisher, tmp_path / "device")
+    assert restarted.version == record.gallery_version
+    assert restarted.current_bundle.labels == galleries[0].labels
 
 
 def test_delta_over_http_reproduces_the_signed_full_bundle(publisher, galleries, tmp_path):

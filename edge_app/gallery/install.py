@@ -65,6 +65,7 @@ class GalleryDir:
         self.versions = self.root / "versions"
         self.staging = self.root / "staging"
         self.downloads = self.root / "downloads"
+        self.recovered: BundleContents | None = None  # the gallery recover() verified and loaded
         for directory in (self.versions, self.staging, self.downloads):
             directory.mkdir(parents=True, exist_ok=True)
 
@@ -169,9 +170,10 @@ class GalleryDir:
         newest_first = sorted(self.installed_versions(), key=lambda v: self.path_of(v).stat().st_mtime, reverse=True)
         candidates += newest_first
         current = self.current_version()
+        self.recovered = None
         for version in dict.fromkeys(v for v in candidates if v):
             try:
-                self.load(version)
+                self.recovered = self.load(version)  # kept: the caller needs it loaded anyway
             except BundleError as error:
                 log.error("gallery: installed version %s is not usable, skipping it: %s", version, error)
                 continue

@@ -296,8 +296,15 @@ class SyncAgent:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.last_result: SyncResult | None = None
-        self._installed: BundleContents | None = None
         self.version = self.dir.recover()
+        self._installed: BundleContents | None = self.dir.recovered
+
+    @property
+    def current_bundle(self) -> BundleContents | None:
+        """The installed gallery, verified and loaded (to start the pipeline with), or None."""
+        if self._installed is None and self.version is not None:
+            self._installed = self.dir.load(self.version)
+        return self._installed
 
     # --- running in the device pipeline --------------------------------------------
 
