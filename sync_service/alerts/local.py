@@ -113,6 +113,9 @@ class LocalRuleEngine:
         return self._subscribed.is_set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.retain:
+            # A retained copy replayed on subscribe: IoT rules fire on publishes, not on replays.
+            return
         event = self.rule.event_for(message.topic, message.payload)
         if event is not None:
             # Hand off: the network loop must keep reading while SMS go out.
