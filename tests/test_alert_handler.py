@@ -471,7 +471,7 @@ def test_source_api_trouble_still_texts_on_time_with_the_events_data(mode, backe
     elapsed = time.perf_counter() - started
 
     assert result["decision"] == "sent" and result["details_fresh"] is False
-    assert elapsed < 0.5 + 0.7  # the lookup budget plus the rest of the work, not the 3 s the source takes
+    assert elapsed < 0.5 + 1.0  # the lookup budget plus the rest of the work, not the 3 s the source takes
     text = backend.sms()[0]["message"]
     assert text.startswith("MISSING PERSON SEEN: Dana Example, NamUs MP990001.")
     assert "(details from the device: case source not reached)" in text
