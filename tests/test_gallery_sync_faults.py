@@ -193,3 +193,22 @@ def test_disk_full_on_a_real_small_filesystem(tmp_path, small_disk, monkeypatch)
     subprocess.run(["mount", "-o", "remount,size=20m", str(small_disk)], check=True)
     monkeypatch.undo()
     assert agent.sync_once().version == second.gallery_version
+
+
+def test_corrupted_installed_gallery_falls_back_to_previous_at_start(tmp_path, caplog):
+    publisher = Publisher(tmp_path / "cloud")
+    first, _ = publisher.release(synthetic_gallery(100, seed=1))
+    agent = SyncAgent(str(publisher.root), tmp_path / "device", publisher.public_key)
+    agent.sync_once()
+    second, _ = publisher.release(churn(synthetic_gallery(100, seed=1), 0.1))
+    agent.sync_once()
+    vectors = tmp_path / "device" / "current" / "vectors.npy"
+    data = bytearray(vectors.read_bytes())
+    data[200] ^= 0xFF  # bit rot on the device's storage
+    vectors.write_bytes(bytes(data))
+
+    restarted = SyncAgent(str(publisher.root), tmp_path / "device", publisher.public_key)
+
+    assert restarted.version == first.gallery_version
+    assert f"installed version {second.gallery_version} is not usable" in caplog.text
+    assert restarted.sync_once().version == second.gallery_version  # re-fetched and verified again
