@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_edge_fixtures import cached_bundle, cached_scene
+from tests.test_edge_fixtures import TEST_THRESHOLD, cached_bundle, cached_scene
 from tests.test_publishers import Subscriber
 
 MPD = [sys.executable, "-m", "mpd_cli"]
@@ -38,7 +38,7 @@ def mqtt_config(path: Path, broker, outbox: Path, **recognition) -> Path:
         "mqtt": {k: settings[k] for k in ("host", "port", "ca", "cert", "key")} | {"ack_timeout_s": 2},
         "outbox": {"path": str(outbox), "backoff_initial_s": 0.2, "backoff_max_s": 1},
         "health_interval_s": 0.5,
-        "recognition": {"cooldown_s": 1, **recognition},
+        "recognition": {"cooldown_s": 1, "threshold": TEST_THRESHOLD, **recognition},
     }
     path.write_text(json.dumps(config))
     return path

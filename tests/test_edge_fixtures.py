@@ -29,6 +29,12 @@ MEMBERS = [
 ]
 STRANGERS = ["albert_einstein", "amy_adams", "angelina_jolie", "bradley_cooper", "joe_biden", "rob_lowe"]
 ENROL_PHOTOS = 3
+# The default threshold (models/thresholds.py) is calibrated for a 25,000-person gallery,
+# where a stranger is far likelier to resemble someone; against it most video frames of
+# members here fall short. The test gallery has 12 people: 0.5 is above every stranger
+# frame measured on such scenes (max 0.385, benchmarks/bench_pipeline.py) and below most
+# member frames (median 0.69), so these tests exercise tracking and confirmation.
+TEST_THRESHOLD = 0.5
 
 
 @functools.cache

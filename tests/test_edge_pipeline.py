@@ -15,7 +15,7 @@ from edge_app.gallery.live import LiveGallery
 from edge_app.match_event import MAX_CROP_BYTES, MatchEvent
 from edge_app.pipeline.runner import EdgeRunner
 from edge_app.publishers.local import FilePublisher
-from tests.test_edge_fixtures import MEMBERS, build_bundle, cached_bundle, cached_scene, face_models
+from tests.test_edge_fixtures import MEMBERS, TEST_THRESHOLD, build_bundle, cached_bundle, cached_scene, face_models
 
 FPS = 15
 
@@ -40,7 +40,7 @@ def run_pipeline(tmp_path, bundle, video, recognition=None, gallery=None, during
         component_config={
             "device_id": "test-thing",
             "cameras": [{"id": "door", "source": str(video)}],
-            "recognition": recognition or {},
+            "recognition": {"threshold": TEST_THRESHOLD, **(recognition or {})},
             "outbox": {"path": str(tmp_path / "outbox.sqlite3")},
             "publisher": "file",
             "file_path": str(tmp_path / "events.jsonl"),
