@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_app.gallery.bundle import ModelRef, load_bundle
-from edge_app.gallery.sync_agent import SyncAgent
+from edge_app.gallery.sync_agent import LatestPointer, SyncAgent
 from mpd_cli import main
 from sync_service.gallery import nightly
 from sync_service.gallery.nightly import EmbeddingCache, NightlyBuilder, PhotoFaces, lambda_handler
@@ -203,3 +203,22 @@ def test_lambda_handler_returns_partial_when_time_is_short(faces_dir, key, tmp_p
     done = lambda_handler(event, LambdaContext(900))
     assert (done["status"], done["embedded"], done["persons"]) == ("built", 2, 1)
     assert lambda_handler({}, LambdaContext(900))["status"] == "error"
+
+
+def test_empty_or_collapsing_gallery_is_refused(faces_dir, models, key, tmp_path, monkeypatch):
+    from sync_service.gallery.nightly import BuildRefused
+
+    out = tmp_path / "build"
+    with pytest.raises(BuildRefused, match="refusing to build an empty gallery"):
+        builder(tmp_path / "typo-in-store-path", out, models, key).run()
+    store = LocalStore(tmp_path / "store")
+    fill_store(store, faces_dir)
+    first = builder(store.root, out, models, key).run()
+    for case_id in ("T0000", "T0001", "T0002", "T0003"):  # 4 of 6 cases resolved at once
+        case = store.get_case("namus", case_id)
+        store.put_case(case.model_copy(update={"record": case.record.model_copy(update={"resolved": True})}))
+    with pytest.raises(BuildRefused, match="shrink from 6 to 2 persons"):
+        builder(store.root, out, models, key).run()
+    assert LatestPointer.parse((out / "gallery" / "build.json").read_bytes(), "x").gallery_version == first.version
+    monkeypatch.setenv("MPD_GALLERY_ALLOW_SHRINK", "1")
+    assert builder(store.root, out, models, key).run().persons == 2

@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import tempfile
 import time
 import zipfile
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 
 CACHE_ROOT = "gallery/cache/"
 CACHE_FLUSH_EVERY = 200  # photos per cache chunk: bounds the work lost to a crash
+MIN_KEPT_SHARE = 0.5  # a build keeping fewer persons than this share of the last one is refused
+ALLOW_SHRINK_ENV = "MPD_GALLERY_ALLOW_SHRINK"
 VERSION_FORMAT = "%Y%m%dT%H%M%SZ"
 LAMBDA_SAFETY_SECONDS = 120.0  # stop embedding this long before the Lambda deadline to write bundles
 
@@ -264,6 +267,7 @@ class NightlyBuilder:
 
     def write(self, gallery: GalleryData, template: str, result: BuildResult, now: datetime) -> BuildResult:
         previous = self.previous()
+        check_size(gallery, previous[1] if previous else None, self.store.url)
         if previous is not None and _same(previous[1], gallery):
             result.status, result.version = "unchanged", previous[0].gallery_version
             return result
@@ -344,6 +348,23 @@ def write_build(
     return record, delta_info
 
 
+class BuildRefused(RuntimeError):
+    """The new gallery looks like a mistake (empty, or most persons gone) and is not written."""
+
+
+def check_size(gallery: GalleryData, previous: GalleryData | None, store_url: str) -> None:
+    """A wrong store path or a broken ingest must not empty every device's gallery overnight."""
+    if not gallery.persons:
+        raise BuildRefused(f"{store_url}: no active case with a usable face; refusing to build an empty gallery")
+    if previous is None or os.environ.get(ALLOW_SHRINK_ENV) == "1":
+        return
+    if len(gallery.persons) < MIN_KEPT_SHARE * len(previous.persons):
+        raise BuildRefused(
+            f"{store_url}: the gallery would shrink from {len(previous.persons)} to {len(gallery.persons)} persons "
+            f"(below {MIN_KEPT_SHARE:.0%}); refusing. If this is intended, set {ALLOW_SHRINK_ENV}=1"
+        )
+
+
 def _same(a: GalleryData, b: GalleryData) -> bool:
     return a.labels == b.labels and a.persons == b.persons and np.array_equal(a.vectors, b.vectors)
 
@@ -364,7 +385,7 @@ def build_from_store_command(store_url: str, out: str) -> None:
 
     try:
         result = make_builder(store_url, out).run()
-    except (SigningKeyError, StoreError, BundleError, ValueError) as error:
+    except (SigningKeyError, StoreError, BundleError, BuildRefused, ValueError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(json.dumps(result.as_dict()))
 
@@ -376,7 +397,6 @@ def lambda_handler(event: dict, context) -> dict:
     the next scheduled run (or a Step Functions loop on ``partial``) continues from the
     cache. The signing key comes from $MPD_GALLERY_SIGNING_KEY(_FILE).
     """
-    import os
 
     from aws_lambda_powertools import Logger
 
@@ -388,6 +408,10 @@ def lambda_handler(event: dict, context) -> dict:
         return {"status": "error", "error": "give event.store and event.out (or MPD_STORE_URL and MPD_GALLERY_OUT)"}
     seconds_left = context.get_remaining_time_in_millis() / 1000.0 if context is not None else 900.0
     deadline = time.monotonic() + max(0.0, seconds_left - LAMBDA_SAFETY_SECONDS)
-    result = make_builder(store_url, out_url).run(deadline=deadline)
+    try:
+        result = make_builder(store_url, out_url).run(deadline=deadline)
+    except BuildRefused as error:
+        logger.error("gallery build refused", extra={"error": str(error)})
+        return {"status": "refused", "error": str(error)}
     logger.info("gallery build finished", extra=result.as_dict())
     return result.as_dict()
