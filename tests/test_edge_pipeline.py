@@ -154,3 +154,23 @@ def test_runner_applies_a_live_update_and_refuses_a_bad_one(tmp_path, bundle, me
     with pytest.raises(ConfigError, match=r"recognition\.confirm_window = '0'"):
         runner.apply_update({"recognition": {"confirm_window": "0"}})
     assert runner.config.recognition.threshold == 0.99, "a refused update leaves the configuration as it was"
+
+
+def test_a_camera_added_while_running_is_processed_too(tmp_path, bundle, member_video, strangers_video):
+    member, member_truth = member_video
+    strangers, strangers_truth = strangers_video
+    added = threading.Event()
+
+    def add_camera(runner):
+        while runner.processor.counters.frames < 20:
+            threading.Event().wait(0.01)
+        runner.apply_update(
+            {"cameras": [{"id": "door", "source": str(member)}, {"id": "yard", "source": str(strangers)}]}
+        )
+        added.set()
+
+    summary, events, runner = run_pipeline(tmp_path, bundle, member, during=add_camera)
+    assert added.is_set()
+    assert summary["frames_read"] == member_truth.frames + strangers_truth.frames
+    assert set(runner.processor.trackers) == {"door", "yard"}
+    assert [(e.camera_id, e.person_id) for e in events] == [("door", "barack_obama")]
