@@ -543,18 +543,18 @@ def test_lambda_entry_point_reads_its_configuration_from_the_environment(aws_ale
 
 
 class FlakyProxy:
-    """Forwards to moto, but answers the first ``failures`` requests with a 5xx error:
-    a transient AWS outage that botocore's retries must ride out."""
+    """Forwards to moto, but answers the requests ``fails(n)`` picks (n counts from 1)
+    with a 5xx error: an AWS outage, transient or not."""
 
-    def __init__(self, target: str, failures: int, status: int, body: bytes) -> None:
-        self.failures, self.requests = failures, 0
+    def __init__(self, target: str, fails: Callable[[int], bool], status: int, body: bytes) -> None:
+        self.fails, self.requests = fails, 0
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 proxy.requests += 1
-                if proxy.requests <= proxy.failures:
+                if proxy.fails(proxy.requests):
                     self.send_response(status)
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
@@ -592,7 +592,7 @@ DYNAMODB_INTERNAL = b'{"__type": "com.amazonaws.dynamodb.v20120810#InternalServe
     ("service", "status", "body"), [("SNS", 503, SNS_UNAVAILABLE), ("DYNAMODB", 500, DYNAMODB_INTERNAL)]
 )
 def test_transient_aws_errors_are_retried_within_the_invocation(service, status, body, aws_alerts, monkeypatch):
-    proxy = FlakyProxy(os.environ["AWS_ENDPOINT_URL"], failures=1, status=status, body=body)
+    proxy = FlakyProxy(os.environ["AWS_ENDPOINT_URL"], lambda n: n == 1, status=status, body=body)
     try:
         monkeypatch.setenv(f"AWS_ENDPOINT_URL_{service}", proxy.url)
         result = aws_alerts.service().handle(rule_event(make_event()))
@@ -622,7 +622,7 @@ def test_retry_after_dying_before_the_sms_texts_once(backend):
     dying = backend.service()
 
     class DiesOnSend:
-        def send(self, text: str) -> list[str]:
+        def send(self, text: str, skip: Any = ()) -> dict[str, str]:
             raise Killed
 
     dying.sender = DiesOnSend()
@@ -654,3 +654,22 @@ def test_retry_after_dying_once_the_sms_was_sent_does_not_text_again(backend, mo
     assert result["decision"] == "sent" and result.get("recovered") is True
     assert len(backend.sms()) == 1
     assert backend.service().handle(event)["decision"] == "duplicate"
+
+
+def test_numbers_list_failing_part_way_resumes_without_texting_anyone_twice(aws_alerts, monkeypatch):
+    second = "+15555550124"
+    event = rule_event(make_event())
+    proxy = FlakyProxy(os.environ["AWS_ENDPOINT_URL"], lambda n: n >= 2, status=503, body=SNS_UNAVAILABLE)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SNS", proxy.url)  # the first number gets through, then SNS is down
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+        with pytest.raises(Exception, match="ServiceUnavailable"):
+            aws_alerts.service(phone_numbers=(PHONE, second)).handle(event)
+    finally:
+        proxy.close()
+    assert [m["phone_number"] for m in aws_alerts.sms()] == [PHONE]
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL_SNS")
+    result = aws_alerts.service(phone_numbers=(PHONE, second)).handle(event)  # AWS's retry
+    assert result["decision"] == "sent" and len(result["message_ids"]) == 2
+    assert sorted(m["phone_number"] for m in aws_alerts.sms()) == [PHONE, second]

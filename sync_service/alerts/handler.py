@@ -45,6 +45,7 @@ from sync_service.alerts.stores import (
     DecisionStore,
     DynamoDecisionStore,
     FileSmsSink,
+    PartialSend,
     SmsSender,
     SnsSender,
     SqliteDecisionStore,
@@ -64,6 +65,7 @@ class Decision(StrEnum):
     COOLDOWN = "cooldown"
     CASE_RESOLVED = "case_resolved"
     DUPLICATE = "duplicate"
+    PARTIAL = "partial"  # some listed numbers got the SMS, then sending failed (retried)
     REJECTED = "rejected"
 
 
@@ -195,11 +197,13 @@ class AlertService:
         )
         if not claim.granted:
             return self._decided(match, event, Decision.COOLDOWN, now, held_by=claim.holder_event_id)
+        already_sent: dict[str, str] = {}
         if claim.retaken:
-            # A retry after this event's invocation died holding the claim. If it got as far
-            # as the audit record, the SMS went out: do not text again.
-            previous = self.store.read_audit(event_id)
-            if previous is not None and previous.get("decision") == Decision.SENT.value:
+            # A retry after this event's invocation died, or failed part-way through a list of
+            # numbers, holding the claim: whoever the audit says got the SMS is not texted again.
+            previous = self.store.read_audit(event_id) or {}
+            already_sent = dict(previous.get("sent_to", {}))
+            if previous.get("decision") == Decision.SENT.value:
                 logger.warning("retry of an alert already sent; not texting again", extra={"event_id": event_id})
                 message_ids = list(previous.get("message_ids", []))
                 return {
@@ -214,7 +218,11 @@ class AlertService:
                 self.store.release_cooldown(cooldown_key, event_id)
                 return self._decided(match, event, Decision.CASE_RESOLVED, now)
             text = self.compose(match, details)
-            message_ids = self.sender.send(text)
+            sent = already_sent | self.sender.send(text, skip=already_sent.keys())
+        except PartialSend as partial:
+            # Keep the cooldown claim, so the retry is recognised and resumes after these.
+            self._decided(match, event, Decision.PARTIAL, now, sent_to=already_sent | partial.sent)
+            raise partial.__cause__ or partial from None
         except Exception:
             self._release_quietly(cooldown_key, event_id)
             raise
@@ -223,7 +231,8 @@ class AlertService:
             event,
             Decision.SENT,
             now,
-            message_ids=message_ids,
+            message_ids=list(sent.values()),
+            sent_to=sent,
             segments=segment_count(text),
             details_fresh=details.fresh,
         )
@@ -259,7 +268,7 @@ class AlertService:
         try:
             self.store.write_audit(audit)
         except Exception:
-            if decision is not Decision.SENT:
+            if decision not in (Decision.SENT, Decision.PARTIAL):
                 raise  # nothing was sent: failing lets AWS retry the whole decision
             # The SMS is out: raising now would make the retry text again. Keep the
             # record in the log instead.

@@ -20,7 +20,7 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -77,9 +77,20 @@ class DecisionStore(Protocol):
 
 
 class SmsSender(Protocol):
-    def send(self, text: str) -> list[str]:
-        """Send ``text``; return one message id per publish. Raises when it cannot."""
+    def send(self, text: str, skip: Collection[str] = ()) -> dict[str, str]:
+        """Send ``text`` to every recipient not in ``skip``; return recipient -> message id.
+
+        Raises ``PartialSend`` when some recipients got it and then one failed.
+        """
         ...
+
+
+class PartialSend(Exception):
+    """Some recipients got the SMS, then sending failed (the cause is chained)."""
+
+    def __init__(self, sent: dict[str, str]) -> None:
+        super().__init__(f"SMS sent to {len(sent)} recipient(s) before failing")
+        self.sent = sent
 
 
 # --- AWS ------------------------------------------------------------------------------
@@ -168,16 +179,26 @@ class SnsSender:
         self.topic_arn = topic_arn
         self.phone_numbers = tuple(phone_numbers)
 
-    def send(self, text: str) -> list[str]:
+    def send(self, text: str, skip: Collection[str] = ()) -> dict[str, str]:
         # Transactional: delivered ahead of promotional traffic, and to numbers on DND lists.
         attributes = {"AWS.SNS.SMS.SMSType": {"DataType": "String", "StringValue": "Transactional"}}
         if self.topic_arn:
+            if self.topic_arn in skip:
+                return {}
             response = self.client.publish(TopicArn=self.topic_arn, Message=text, MessageAttributes=attributes)
-            return [response["MessageId"]]
-        return [
-            self.client.publish(PhoneNumber=number, Message=text, MessageAttributes=attributes)["MessageId"]
-            for number in self.phone_numbers
-        ]
+            return {self.topic_arn: response["MessageId"]}
+        sent: dict[str, str] = {}
+        for number in self.phone_numbers:
+            if number in skip:
+                continue
+            try:
+                response = self.client.publish(PhoneNumber=number, Message=text, MessageAttributes=attributes)
+            except Exception as error:
+                if sent:
+                    raise PartialSend(sent) from error
+                raise
+            sent[number] = response["MessageId"]
+        return sent
 
 
 # --- one machine ----------------------------------------------------------------------
@@ -353,11 +374,12 @@ class FileSmsSink:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.phone_numbers = tuple(phone_numbers) or ("local",)
 
-    def send(self, text: str) -> list[str]:
+    def send(self, text: str, skip: Collection[str] = ()) -> dict[str, str]:
         sent_at = dt.datetime.now(dt.UTC).isoformat()
         lines = [
             {"message_id": str(uuid.uuid4()), "phone_number": number, "message": text, "sent_at": sent_at}
             for number in self.phone_numbers
+            if number not in skip
         ]
         data = "".join(json.dumps(line) + "\n" for line in lines).encode()
         with open(self.path, "ab") as sink:
@@ -365,7 +387,7 @@ class FileSmsSink:
             sink.write(data)
             sink.flush()
             os.fsync(sink.fileno())
-        return [line["message_id"] for line in lines]
+        return {line["phone_number"]: line["message_id"] for line in lines}
 
 
 def read_sms_sink(path: Path) -> list[dict[str, Any]]:
