@@ -363,3 +363,30 @@ def test_stale_checkpoint_is_not_resumed(tmp_path, face_photos):
         client = PoliteClient(500)
         summary = Ingest(make_adapter("namus", server.url, client=client), store, max_checkpoint_age=0).run()
     assert not summary.resumed and (summary.new, summary.unchanged) == (3, 1)
+
+
+def test_sigterm_saves_the_checkpoint_on_the_way_out(tmp_path, face_photos):
+    data = write_fixture_cases(tmp_path / "data", "namus", namus_cases(face_photos, 10), states=STATES)
+    store = tmp_path / "store"
+    with SourceServer("namus", data) as server:
+        args = ["namus", "--base-url", server.url, "--store", str(store), "--rate-limit", "10", "--no-progress"]
+        process = run_cli(*args)
+        while len(list((store / "cases" / "namus").glob("*.json"))) < 3:
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+        assert process.returncode == 130 and "run the same command again to resume" in err
+        progress = json.loads((store / "state" / "ingest-namus" / "progress.json").read_text())
+        stored = {p.stem for p in (store / "cases" / "namus").glob("*.json")}
+        done = set(progress["done"])
+        # Nothing finished is forgotten (the signal may land between writing a case and
+        # noting it done: that one case is then found stored on resume).
+        assert done <= stored and len(stored - done) <= 1 and len(done) >= 3
+        assert progress["summary"]["new"] == len(done)
+
+
+def test_cli_refuses_a_base_url_that_is_not_http(tmp_path):
+    process = run_cli("namus", "--base-url", "ftp://example.org", "--store", str(tmp_path))
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 2 and "is not an http(s) URL" in err

@@ -127,3 +127,19 @@ def test_interrupted_local_write_keeps_old_file(tmp_path, monkeypatch):
 def test_unknown_url_scheme_is_refused():
     with pytest.raises(ValueError, match="unsupported store URL"):
         open_store("gs://bucket")
+
+
+def test_decompression_bomb_is_rejected_before_decoding(tmp_path):
+    buffer = io.BytesIO()
+    Image.new("1", (10_000, 10_000)).save(buffer, "PNG")  # 100 megapixels in a few kB
+    assert len(buffer.getvalue()) < 100_000
+    with pytest.raises(PhotoRejected) as error:
+        LocalStore(tmp_path).put_photo("namus", "MP1", "1", buffer.getvalue())
+    assert error.value.reason == "too many pixels"
+
+
+def test_unsupported_image_type_is_named(tmp_path):
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buffer, "TIFF")
+    with pytest.raises(PhotoRejected, match="unsupported image type: TIFF"):
+        LocalStore(tmp_path).put_photo("namus", "MP1", "1", buffer.getvalue())

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+from types import FrameType
 
 import click
 
@@ -48,6 +50,8 @@ def ingest_command(
     from sync_service.sources import make_adapter
     from sync_service.store import StoreError, open_store
 
+    if base_url is not None and not base_url.startswith(("http://", "https://")):
+        raise click.BadParameter(f"{base_url!r} is not an http(s) URL", param_hint="--base-url")
     wanted = [s.strip() for s in states.split(",") if s.strip()] if states else None
     if wanted and source != "namus":
         raise click.BadParameter("only NamUs is listed by state", param_hint="--states")
@@ -55,6 +59,9 @@ def ingest_command(
     adapter = make_adapter(source, base_url or DEFAULT_URLS[source], client=client)
     if all_photo_categories and source == "namus":
         adapter.categories = None  # type: ignore[attr-defined]
+    # A stop request (ECS/Batch send SIGTERM) unwinds like Ctrl-C, so the checkpoint
+    # is written on the way out and the next run loses nothing.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         store = open_store(store_url)
         run = Ingest(
@@ -70,6 +77,9 @@ def ingest_command(
     except (SourceDown, HttpError, StoreError) as error:
         click.echo(f"ingest stopped: {error}", err=True)
         sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("ingest interrupted; the checkpoint is saved: run the same command again to resume", err=True)
+        sys.exit(130)
     finally:
         client.close()
     if as_json:
@@ -77,3 +87,7 @@ def ingest_command(
     else:
         for line in summary.lines():
             click.echo(line)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
