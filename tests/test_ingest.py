@@ -390,3 +390,28 @@ def test_cli_refuses_a_base_url_that_is_not_http(tmp_path):
     process = run_cli("namus", "--base-url", "ftp://example.org", "--store", str(tmp_path))
     _, err = process.communicate(timeout=60)
     assert process.returncode == 2 and "is not an http(s) URL" in err
+
+
+def test_partial_listing_skips_the_vanished_check_and_total_failure_stops(tmp_path, face_photos):
+    data = write_fixture_cases(tmp_path / "data", "namus", namus_cases(face_photos, 4), states=STATES)
+    store = LocalStore(tmp_path / "store")
+    with SourceServer("namus", data) as server:
+        ingest("namus", server, store)
+        remove_fixture_case(data, "namus", 1000)  # vanished from Vermont
+        original_route = server.httpd.RequestHandlerClass._namus_search
+
+        def ohio_search_fails(handler, body):
+            if b"Ohio" in body:
+                return handler._json(503, {"message": "Service Unavailable"})
+            return original_route(handler, body)
+
+        server.httpd.RequestHandlerClass._namus_search = ohio_search_fails
+        partial = ingest("namus", server, store)
+        assert list(partial.listing_errors) == ["Ohio"] and "listing was incomplete" in partial.vanished_check
+        assert not partial.removed and store.get_case("namus", "MP1000").active  # not judged on half a listing
+        assert store.read_json("state/ingest-namus/listing.json") is not None  # a rerun lists Ohio again
+
+        server.httpd.RequestHandlerClass._namus_search = lambda handler, body: handler._json(503, {})
+        client = PoliteClient(500, backoff_base=0.01, max_attempts=1)
+        with pytest.raises(SourceDown, match="every listing request failed"):
+            Ingest(make_adapter("namus", server.url, client=client), LocalStore(tmp_path / "other")).run()

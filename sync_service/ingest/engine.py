@@ -191,6 +191,11 @@ class Ingest:
                 continue
             listing["pages"][scope] = rows
             self._save_listing(listing)
+        if listing["scopes"] and not listing["pages"]:
+            raise SourceDown(
+                f"{self.source} at {self.adapter.base_url}: every listing request failed "
+                f"(first: {next(iter(summary.listing_errors.values()))}). Run the same command again to resume."
+            )
 
         cases = self._merge(listing)
         if self.limit is not None:
@@ -231,7 +236,10 @@ class Ingest:
         except BaseException:
             summary.requests = earlier_requests + self.adapter.client.stats.requests - requests_before
             summary.seconds = earlier_seconds + time.monotonic() - started
-            self._save_progress(done, summary)
+            try:
+                self._save_progress(done, summary)
+            except Exception:  # the store itself may be what failed: keep the original error
+                log.exception("could not save the %s ingest checkpoint", self.source)
             raise
 
         self._mark_vanished(listing, cases, summary)
