@@ -10,11 +10,14 @@ the shared real test photos letterboxed to 640x480 (read in place, written only 
 temporary folder). The camera rate is set to half of what the loop sustains when
 idle, so a baseline run drops (almost) nothing.
 
-Two conditions, interleaved ``--rounds`` times on the same frames:
+Three conditions, interleaved ``--rounds`` times on the same frames:
 - ``baseline``: no sync activity;
 - ``swapping``: the real ``SyncAgent`` (in its own thread, as inside ``mpd edge run``)
   applies a chain of 1%-churn deltas of a ``--persons`` gallery back to back, plus
-  one full bundle, each verified, installed and swapped in with ``LiveGallery.swap_bundle``.
+  one full bundle, each verified, installed and swapped in with ``LiveGallery.swap_bundle``,
+  from a thread at the agent's lowered priority (``lower_thread_priority``);
+- ``swapping_default_priority``: the same at normal priority, to show what that costs.
+The updates come back to back (several per run) as a stress test: a device sees one a night.
 Reported: frames dropped by the capture thread, frames processed, swaps done, and the
 per-frame time (median, p99, max) in each condition; medians over rounds.
 """
@@ -113,7 +116,7 @@ def main() -> None:
 
     from edge_app.gallery.gallery import Gallery
     from edge_app.gallery.live import LiveGallery
-    from edge_app.gallery.sync_agent import SyncAgent
+    from edge_app.gallery.sync_agent import SyncAgent, lower_thread_priority
     from models.recognizer import FaceModels
 
     models = FaceModels.load()
@@ -123,7 +126,7 @@ def main() -> None:
         publisher = Publisher(tmp / "cloud")
         gallery = mean_template(synthetic_gallery(args.persons, seed=1))
         pointers = []
-        for step in range(args.rounds * args.versions + 1):
+        for step in range(2 * args.rounds * args.versions + 1):
             if step:
                 gallery = churn(gallery, 0.01, seed=step)
             publisher.release(gallery)
@@ -154,7 +157,9 @@ def main() -> None:
         next_pointer = iter(pointers[1:])
         swaps: list[dict] = []
 
-        def apply_updates(stop: threading.Event, count: int = args.versions) -> None:
+        def apply_updates(stop: threading.Event, count: int = args.versions, nice: bool = True) -> None:
+            if nice:
+                lower_thread_priority()  # what the agent's own thread does inside `mpd edge run`
             done = 0
             while not stop.is_set() and done < count:
                 pointer = next(next_pointer, None)
@@ -177,13 +182,17 @@ def main() -> None:
                 )
                 shutil.rmtree(fresh_dir, ignore_errors=True)
 
-        runs = {"baseline": [], "swapping": []}
+        def not_niced(stop: threading.Event) -> None:
+            apply_updates(stop, nice=False)
+
+        runs = {"baseline": [], "swapping": [], "swapping_default_priority": []}
         for _ in range(args.rounds):
             runs["baseline"].append(run_condition(tmp / "frames", fps, args.seconds, process))
-            before = len(swaps)
-            result = run_condition(tmp / "frames", fps, args.seconds, process, during=apply_updates)
-            result["swaps"] = len(swaps) - before
-            runs["swapping"].append(result)
+            for name, during in (("swapping", apply_updates), ("swapping_default_priority", not_niced)):
+                before = len(swaps)
+                result = run_condition(tmp / "frames", fps, args.seconds, process, during=during)
+                result["swaps"] = len(swaps) - before
+                runs[name].append(result)
 
     def medians(rows: list[dict]) -> dict:
         return {key: statistics.median(row[key] for row in rows) for key in rows[0]}

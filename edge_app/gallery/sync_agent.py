@@ -58,6 +58,20 @@ MAX_MANIFEST_BYTES = 1024 * 1024
 CHUNK = 64 * 1024
 
 
+SYNC_NICE = 10  # the sync thread's niceness: the frame loop gets the CPU first
+
+
+def lower_thread_priority(nice: int = SYNC_NICE) -> None:
+    """Make the calling thread yield the CPU to the frame loop (Linux: niceness is per thread).
+
+    Raising niceness needs no privilege; on other systems this does nothing.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (OSError, AttributeError) as error:
+        log.debug("gallery: cannot lower the sync thread's priority: %s", error)
+
+
 class SyncError(RuntimeError):
     """A sync could not complete (source down, disk full, download incomplete)."""
 
@@ -319,6 +333,7 @@ class SyncAgent:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        lower_thread_priority()  # verifying and applying a gallery must not cost frames
         while not self._stop.is_set():
             try:
                 self.sync_once()
