@@ -175,7 +175,7 @@ class PoliteClient:
             raise _Retryable(f"connection error ({type(error).__name__})") from None
         except requests.RequestException as error:  # e.g. a body cut short by the peer
             raise _Retryable(f"transfer error ({type(error).__name__})") from None
-        response._content = body  # the whole body, read under our size cap
+        response._content = body  # requests' own cache of the body: .content/.json() now return what we read
         if response.status_code in RETRY_STATUSES:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             if retry_after is not None and retry_after > self.max_retry_after:
@@ -207,13 +207,14 @@ class PoliteClient:
     def get_json(self, url: str, **kwargs: Any) -> Any:
         """GET and parse JSON; raises ``HttpError`` on a non-2xx status and
         ``MalformedResponse`` when the body is not JSON."""
-        return self._json(self.request("GET", url, **kwargs), "GET", url)
+        return self.json_of(self.request("GET", url, **kwargs), "GET", url)
 
     def post_json(self, url: str, body: Any, **kwargs: Any) -> Any:
-        return self._json(self.request("POST", url, json=body, **kwargs), "POST", url)
+        return self.json_of(self.request("POST", url, json=body, **kwargs), "POST", url)
 
     @staticmethod
-    def _json(response: requests.Response, method: str, url: str) -> Any:
+    def json_of(response: requests.Response, method: str, url: str) -> Any:
+        """The JSON body of a finished response; ``HttpError`` on non-2xx, ``MalformedResponse`` if not JSON."""
         if not response.ok:
             raise HttpError(
                 f"{method} {url}: HTTP {response.status_code} {response.text[:200]!r}", url, response.status_code

@@ -154,5 +154,5 @@ class FbiAdapter(SourceAdapter):
             response = self.client.get(url)
             if response.status_code == 404:
                 return None
-            item = self.client._json(response, "GET", url)
+            item = self.client.json_of(response, "GET", url)
         return parse_item(item)

@@ -177,14 +177,14 @@ class InterpolAdapter(SourceAdapter):
         response = self.client.get(url)
         if response.status_code == 404:
             return None
-        data = self.client._json(response, "GET", url)
+        data = self.client.json_of(response, "GET", url)
         images_url = text(dig(data, "_links", "images", "href")) or url + "/images"
         images = self.client.get(images_url)
         pictures: list[PhotoRef] = []
         if images.ok:
             pictures = [
                 p.model_copy(update={"url": self.url(p.url)})
-                for p in parse_images(self.client._json(images, "GET", images_url), images_url)
+                for p in parse_images(self.client.json_of(images, "GET", images_url), images_url)
             ]
         elif images.status_code != 404:
             raise HttpError(f"GET {images_url}: HTTP {images.status_code}", images_url, images.status_code)

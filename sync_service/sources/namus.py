@@ -204,5 +204,5 @@ class NamusAdapter(SourceAdapter):
         response = self.client.get(url)
         if response.status_code == 404:
             return None
-        data = self.client._json(response, "GET", url)
+        data = self.client.json_of(response, "GET", url)
         return parse_case(data, self.base_url, self.categories)

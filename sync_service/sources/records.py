@@ -63,7 +63,7 @@ class PersonRecord(BaseModel):
 
     source: SourceName
     case_id: SafeId  # the source's own case id: NamUs "MP71320", FBI uid, Interpol "2021-75051"
-    name: str
+    name: Annotated[str, Field(min_length=1, max_length=200)]
     sex: Sex = "unknown"
     age_now: AgeRange | None = None
     age_when_missing: AgeRange | None = None
