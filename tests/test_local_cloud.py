@@ -5,6 +5,7 @@ embedded SQLite tables and SMS file when no AWS endpoint is configured."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -17,8 +18,10 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from click.testing import CliRunner
 
 from edge_app.match_event import HealthReport
+from sync_service.alerts.cli import cloud_group
 from sync_service.alerts.config import AlertSettings
 from sync_service.alerts.handler import build_service
 from sync_service.alerts.local import LocalRuleEngine, MqttSettings, create_aws_resources
@@ -216,3 +219,42 @@ def test_retained_messages_replayed_on_subscribe_do_not_fire_the_rule(broker, aw
         engine.stop()
         publish(broker, "mpd/dev-retain/match", b"", retain=True)  # clear the retained message
     assert [d["event_id"] for d in decisions] == [str(fresh.event_id)]
+
+
+def test_an_event_failing_every_attempt_is_parked_and_replays_to_one_sms(broker, aws, tmp_path, monkeypatch):  # noqa: F811
+    settings = AlertSettings(backend="aws", phone_numbers=(PHONE,), sites=SITES)
+    create_aws_resources(settings)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SNS", f"http://127.0.0.1:{free_port()}")  # SNS down throughout
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    parked = tmp_path / "failed-events.jsonl"
+    decisions: list[dict] = []
+    engine = LocalRuleEngine(
+        build_service(settings, fetch=None),
+        backend_settings(broker),
+        retry_wait=0.01,
+        on_decision=decisions.append,
+        dead_letter=parked,
+    )
+    engine.start()
+    try:
+        event = make_event()
+        publish(broker, f"mpd/{event.device_id}/match", event.to_json().encode())
+        assert wait_for(lambda: len(decisions) == 1, timeout=20)
+    finally:
+        engine.stop()
+    assert decisions[0]["decision"] == "error" and aws.sent_sms() == []
+    (line,) = parked.read_text().splitlines()
+    replay = json.loads(line)["event"]
+
+    assert json.loads(base64.b64decode(replay["payload"]))["event_id"] == str(event.event_id)
+
+    # SNS is back: the operator replays what was parked, twice by mistake; one SMS.
+    monkeypatch.delenv("AWS_ENDPOINT_URL_SNS")
+    monkeypatch.setenv("MPD_ALERT_DIR", str(tmp_path))
+    monkeypatch.setenv("MPD_ALERT_PHONE_NUMBERS", PHONE)
+    parked.write_text(line + "\n" + line + "\n" + "{half a line\n")
+    result = CliRunner().invoke(cloud_group, ["replay"])
+    assert result.exit_code == 1 and "1 event(s) still parked" in result.output
+    assert [json.loads(out)["decision"] for out in result.stdout.splitlines()] == ["sent", "duplicate"]
+    assert len(aws.sent_sms()) == 1
+    assert parked.read_text() == "{half a line\n"

@@ -61,6 +61,7 @@ def serve_command(
         service,
         MqttSettings(mqtt_host, mqtt_port, ca, cert, key, client_id),
         on_decision=lambda result: click.echo(json.dumps(result, default=str)),
+        dead_letter=settings.local_dir / "failed-events.jsonl",
     )
     try:
         engine.start()
@@ -97,3 +98,50 @@ def sms_command() -> None:
         messages = read_sms_sink(AlertSettings.from_env().sms_sink)
     for message in messages:
         click.echo(json.dumps(message))
+
+
+@cloud_group.command("replay")
+def replay_command() -> None:
+    """Hand events parked in $MPD_ALERT_DIR/failed-events.jsonl to the handler again.
+
+    Those still failing stay parked; duplicates of already handled events cannot text twice.
+    """
+    import os
+    import tempfile
+
+    from sync_service.alerts.config import AlertSettings
+    from sync_service.alerts.handler import build_service
+
+    try:
+        settings = AlertSettings.from_env()
+        service = build_service(settings)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    parked = settings.local_dir / "failed-events.jsonl"
+    if not parked.exists():
+        click.echo(f"nothing parked in {parked}")
+        return
+    still_failing = []
+    for number, line in enumerate(parked.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            result = service.handle(record["event"])
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            click.echo(f"line {number}: not a parked event ({error}); kept", err=True)
+            still_failing.append(line)
+            continue
+        except Exception as error:  # the cloud is still down: keep it for the next replay
+            click.echo(f"line {number}: still failing: {error!r}", err=True)
+            still_failing.append(line)
+            continue
+        click.echo(json.dumps(result, default=str))
+    # Rewrite atomically: a crash here must not lose the events still parked.
+    with tempfile.NamedTemporaryFile("w", dir=parked.parent, delete=False) as rest:
+        rest.write("".join(line + "\n" for line in still_failing))
+        rest.flush()
+        os.fsync(rest.fileno())
+    os.replace(rest.name, parked)
+    if still_failing:
+        raise click.ClickException(f"{len(still_failing)} event(s) still parked in {parked}")

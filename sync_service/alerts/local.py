@@ -9,10 +9,15 @@ in-process, retrying a failed invocation twice like Lambda's asynchronous invoke
 from __future__ import annotations
 
 import concurrent.futures
+import fcntl
+import json
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -49,12 +54,15 @@ class LocalRuleEngine:
         workers: int = 4,
         retry_wait: float = 1.0,
         on_decision: Callable[[dict[str, Any]], None] | None = None,
+        dead_letter: Path | None = None,
     ) -> None:
         self.service = service
         self.mqtt = mqtt_settings
         self.rule = rule or LocalRule.parse()
         self.on_decision = on_decision
         self.retry_wait = retry_wait
+        # Where events that failed every attempt are kept (AlertFailureQueue in AWS).
+        self.dead_letter = dead_letter
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="alert-invoke")
         self._subscribed = threading.Event()
         # A persistent session: the broker queues QoS 1 messages while we are away.
@@ -130,11 +138,23 @@ class LocalRuleEngine:
             ):
                 with attempt:
                     result = self.service.handle(event, LocalContext())
-        except Exception:
-            log.exception("alert handler failed %d times; event dropped like a failed async invoke", INVOKE_ATTEMPTS)
-            result = {"decision": "error"}
+        except Exception as error:
+            log.exception("alert handler failed %d times", INVOKE_ATTEMPTS)
+            result = {"decision": "error", "error": repr(error)[:300]}
+            if self.dead_letter is not None:
+                self._park(event, result["error"])
         if self.on_decision is not None:
             self.on_decision(result)
+
+    def _park(self, event: dict[str, Any], error: str) -> None:
+        self.dead_letter.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"event": event, "error": error, "failed_at": time.time()}) + "\n"
+        with open(self.dead_letter, "a") as queue:
+            fcntl.flock(queue, fcntl.LOCK_EX)
+            queue.write(line)
+            queue.flush()
+            os.fsync(queue.fileno())
+        log.error("event parked in %s for a later replay", self.dead_letter)
 
 
 def create_aws_resources(settings: AlertSettings, client: Any = None) -> None:
