@@ -415,3 +415,15 @@ def test_partial_listing_skips_the_vanished_check_and_total_failure_stops(tmp_pa
         client = PoliteClient(500, backoff_base=0.01, max_attempts=1)
         with pytest.raises(SourceDown, match="every listing request failed"):
             Ingest(make_adapter("namus", server.url, client=client), LocalStore(tmp_path / "other")).run()
+
+
+def test_all_photo_categories_flag(tmp_path, face_photos):
+    case = namus_cases(face_photos, 1)[0]
+    case.photos = [FixturePhoto(face_photos[0]), FixturePhoto(face_photos[1], category="Other")]
+    data = write_fixture_cases(tmp_path / "data", "namus", [case], states=STATES)
+    with SourceServer("namus", data) as server:
+        for flag, expected in (([], ["FacialCaseId"]), (["--all-photo-categories"], ["FacialCaseId", "Other"])):
+            store = tmp_path / f"store{len(flag)}"
+            process = run_cli("namus", "--base-url", server.url, "--store", str(store), "--rate-limit", "200", *flag)
+            assert process.wait(timeout=60) == 0, process.communicate()
+            assert [p.category for p in LocalStore(store).get_case("namus", "MP1000").photos] == expected

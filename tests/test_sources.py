@@ -254,3 +254,9 @@ def test_interpol_openapi_yellow_examples_parse(sources_dir):
     assert (record.case_id, record.name, record.sex) == ("2022-9888", "Max Max", "female")
     assert record.last_seen_date == date(2021, 2, 1) and record.last_seen_place == "Karlsruhe, DE"
     assert record.age_when_missing == AgeRange(min=62, max=62)  # born 1958/11/05
+
+
+def test_namus_uncategorised_photo_is_kept():
+    body = load("namus_case_2025.json")
+    del body["images"][1]["category"]  # the "Other" one, now without a category
+    assert [p.photo_id for p in parse_case(body).photos] == ["4001", "4002", "4003"]

@@ -117,7 +117,8 @@ def _photos(
         if image.get("isPublic") is False:
             continue
         category = text(dig(image, "category", "name")) or ""
-        if categories is not None and category not in categories:
+        # Uncategorised photos are kept: the gallery builder's face detector is the real filter.
+        if categories is not None and category and category not in categories:
             continue
         identity = integer(image.get("identityId"))
         href = text(dig(image, "files", "original", "href"))
