@@ -427,3 +427,13 @@ def test_all_photo_categories_flag(tmp_path, face_photos):
             process = run_cli("namus", "--base-url", server.url, "--store", str(store), "--rate-limit", "200", *flag)
             assert process.wait(timeout=60) == 0, process.communicate()
             assert [p.category for p in LocalStore(store).get_case("namus", "MP1000").photos] == expected
+
+
+def test_a_case_listed_in_two_states_is_ingested_once_with_both():
+    row = {"case_id": "MP7", "modified": "2026-01-01T00:00:00Z"}
+    listing = {
+        "scopes": ["Ohio", "Utah"],
+        "pages": {"Ohio": [{**row, "scope": "Ohio"}], "Utah": [{**row, "scope": "Utah"}]},
+    }
+    cases = Ingest._merge(listing)
+    assert list(cases) == ["MP7"] and cases["MP7"][1] == ["Ohio", "Utah"]
