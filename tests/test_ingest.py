@@ -437,3 +437,16 @@ def test_a_case_listed_in_two_states_is_ingested_once_with_both():
     }
     cases = Ingest._merge(listing)
     assert list(cases) == ["MP7"] and cases["MP7"][1] == ["Ohio", "Utah"]
+
+
+def test_states_run_judges_only_its_own_states(tmp_path, face_photos):
+    cases = namus_cases(face_photos, 4)  # 1000, 1002 in Vermont; 1001, 1003 in Ohio
+    data = write_fixture_cases(tmp_path / "data", "namus", cases, states=STATES)
+    store = LocalStore(tmp_path / "store")
+    with SourceServer("namus", data) as server:
+        ingest("namus", server, store)
+        remove_fixture_case(data, "namus", 1000)
+        remove_fixture_case(data, "namus", 1001)
+        vermont = ingest("namus", server, store, scopes=["VT"])
+    assert dict(vermont.removed) == {"no longer listed": 1}
+    assert sorted(c.record.case_id for c in store.iter_cases()) == ["MP1001", "MP1002", "MP1003"]
