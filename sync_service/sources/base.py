@@ -107,16 +107,15 @@ def parse_datetime(value: Any, field: str, case_id: str) -> datetime | None:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
 
 
-def parse_date(value: Any, field: str, case_id: str, formats: tuple[str, ...] = ("%Y-%m-%d",)) -> date | None:
+def parse_date(value: Any, field: str, case_id: str) -> date | None:
+    """A ``YYYY-MM-DD`` date (a time part after it is ignored), or None with a warning."""
     if not isinstance(value, str) or not value.strip():
         return None
-    for fmt in formats:
-        try:
-            return datetime.strptime(value.strip()[:10] if fmt == "%Y-%m-%d" else value.strip(), fmt).date()
-        except ValueError:
-            continue
-    log.warning("case %s: ignoring unreadable %s %r", case_id, field, value)
-    return None
+    try:
+        return datetime.strptime(value.strip()[:10], "%Y-%m-%d").date()
+    except ValueError:
+        log.warning("case %s: ignoring unreadable %s %r", case_id, field, value)
+        return None
 
 
 def sex_of(value: Any) -> str:
