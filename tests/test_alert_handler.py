@@ -60,7 +60,16 @@ class NamusDev:
     """The NamUs dev server with the behaviours the alert path must survive."""
 
     # "down" is served by no server at all: the tests point the handler at a closed port.
-    FAULTS = {"ok": "", "slow": "slow=3", "error": "5xx=1000", "missing": "gone=990001", "resolved": "", "down": ""}
+    FAULTS = {
+        "ok": "",
+        "slow": "slow=3",
+        "error": "5xx=1000",
+        "rate limited": "429=1000:30",
+        "malformed": "malformed=990001",
+        "missing": "gone=990001",
+        "resolved": "",
+        "down": "",
+    }
 
     def __init__(self, data: Path) -> None:
         self.data = data
@@ -460,7 +469,7 @@ def test_malformed_payloads_on_the_local_backend_never_text(tmp_path, namus):
 # --- the source API slow, down or changed ----------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["slow", "error", "down", "missing"])
+@pytest.mark.parametrize("mode", ["slow", "error", "rate limited", "malformed", "down", "missing"])
 def test_source_api_trouble_still_texts_on_time_with_the_events_data(mode, backend, namus):
     namus.mode = mode
     fetch_url = namus.url if mode != "down" else f"http://127.0.0.1:{free_port()}"
