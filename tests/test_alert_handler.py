@@ -289,13 +289,25 @@ def test_audit_record_holds_decision_and_message_id_without_the_face_crop(aws_al
 
 
 def test_topic_with_sms_subscribers_gets_one_publish(aws_alerts):
-    sns = boto3.client("sns")
+    sns, sqs = boto3.client("sns"), boto3.client("sqs")
     topic = sns.create_topic(Name="mpd-alerts")["TopicArn"]
     sns.subscribe(TopicArn=topic, Protocol="sms", Endpoint=PHONE)
+    # moto keeps topic deliveries to SMS subscribers out of reach in server mode; a queue
+    # subscribed beside them shows what the topic delivered.
+    queue = sqs.create_queue(QueueName="topic-copy")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
     service = aws_alerts.service(topic_arn=topic, phone_numbers=())
-    result = service.handle(rule_event(make_event()))
-    assert result["decision"] == "sent" and len(result["message_ids"]) == 1
-    assert aws_alerts.sms() == []  # moto records topic publishes on the topic, not as direct SMS
+    event = rule_event(make_event())
+
+    first, again = service.handle(event), service.handle(event)
+
+    assert first["decision"] == "sent" and again["decision"] == "duplicate"
+    messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+    assert len(messages) == 1
+    delivered = json.loads(messages[0]["Body"])
+    assert delivered["MessageId"] == first["message_ids"][0]
+    assert delivered["Message"].startswith("MISSING PERSON SEEN: Dana Example (F, 41 now, 35 when missing)")
 
 
 # --- duplicates --------------------------------------------------------------------------
