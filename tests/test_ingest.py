@@ -18,11 +18,12 @@ import pytest
 
 from sync_service.dev_servers.fixtures import FixtureCase, FixturePhoto, remove_fixture_case, write_fixture_cases
 from sync_service.dev_servers.server import SourceServer
-from sync_service.http import PoliteClient
+from sync_service.http import HttpError, PoliteClient
 from sync_service.ingest.engine import Ingest, IngestSummary, SourceDown
 from sync_service.sources import make_adapter
 from sync_service.store import LocalStore, Store, open_store
 from tests.servers import free_port
+from tests.test_dev_servers import made_up_cases
 
 STATES = ["Vermont", "Ohio"]
 
@@ -450,3 +451,25 @@ def test_states_run_judges_only_its_own_states(tmp_path, face_photos):
         vermont = ingest("namus", server, store, scopes=["VT"])
     assert dict(vermont.removed) == {"no longer listed": 1}
     assert sorted(c.record.case_id for c in store.iter_cases()) == ["MP1001", "MP1002", "MP1003"]
+
+
+def test_namus_search_without_ordering_and_with_a_shifting_index(tmp_path):
+    data = write_fixture_cases(tmp_path / "data", "namus", made_up_cases(5, states=("Vermont",)), states=["Vermont"])
+    with SourceServer("namus", data) as server:
+        adapter = make_adapter("namus", server.url, rate_limit=500)
+        adapter.page_size = 2
+        adapter.order = [{"field": "undocumentedField", "direction": "Ascending"}]  # the server answers 400
+        assert len(list(adapter.list_scope("Vermont"))) == 5 and adapter.order is None
+
+        handler = server.httpd.RequestHandlerClass
+        honest = handler._namus_search
+
+        def one_more_than_served(self, body):
+            status, payload, content_type = honest(self, body)
+            page = json.loads(payload)
+            page["count"] += 1
+            return status, json.dumps(page).encode(), content_type
+
+        handler._namus_search = one_more_than_served
+        with pytest.raises(HttpError, match="5 distinct cases of 6 reported, twice"):
+            list(adapter.list_scope("Vermont"))

@@ -270,7 +270,8 @@ class _Handler(BaseHTTPRequestHandler):
             query = json.loads(body)
         except json.JSONDecodeError:
             return self._json(400, {"message": "The request is invalid."})
-        invalid = [p for p in query.get("projections") or [] if p not in NAMUS_PROJECTIONS]
+        ordered_by = [o.get("field") for o in query.get("orderSpecifications") or [] if isinstance(o, dict)]
+        invalid = [p for p in (query.get("projections") or []) + ordered_by if p not in NAMUS_PROJECTIONS]
         if invalid:
             return self._json(400, {"message": " ".join(f'Invalid field name "{p}".' for p in invalid)})
         states = None

@@ -33,8 +33,8 @@ CASE_SET = "MissingPersons"
 # Photo categories that show the face (yokeay/baobeihuijia's PORTRAIT_CATEGORIES);
 # "Other" is often a tattoo, a vehicle or a poster.
 PORTRAIT_CATEGORIES = frozenset({"FacialCaseId", "ActualPhoto", "AgeProgression", "Composite"})
-# "take over ~2000 starts timing out" (sources.md); well under that.
-PAGE_SIZE = 500
+# "take over ~2000 starts timing out" (sources.md); California's 3732 cases take 4 pages.
+PAGE_SIZE = 1000
 CASE_NUMBER = re.compile(r"^(?:MP)?(\d{1,9})$", re.IGNORECASE)
 
 
@@ -149,6 +149,7 @@ class NamusAdapter(SourceAdapter):
         super().__init__(base_url, client)
         self.categories = categories
         self.page_size = page_size
+        self.order: list[dict] | None = [{"field": "namus2Number", "direction": "Ascending"}]
 
     def states(self) -> list[dict]:
         states = self.client.get_json(self.url(f"{API}/States"))
@@ -171,17 +172,39 @@ class NamusAdapter(SourceAdapter):
         return list(dict.fromkeys(by_label[w.strip().lower()] for w in wanted))
 
     def list_scope(self, scope: str) -> Iterator[CaseSummary]:
+        # Paging an index that changes under us can skip a case, and a skipped case
+        # would look vanished: check the distinct count against the reported total.
+        for _ in range(2):
+            rows, total = self._search_state(scope)
+            if total is None or len(rows) >= total:
+                yield from rows.values()
+                return
+            log.warning("NamUs search %s: %d distinct cases of %d reported; listing again", scope, len(rows), total)
         url = self.url(f"{API}/{CASE_SET}/Search")
-        skip = 0
+        raise HttpError(f"NamUs search for {scope}: {len(rows)} distinct cases of {total} reported, twice", url)
+
+    def _search_state(self, scope: str) -> tuple[dict[str, CaseSummary], int | None]:
+        url = self.url(f"{API}/{CASE_SET}/Search")
+        rows: dict[str, CaseSummary] = {}
+        skip, total = 0, None
         while True:
             body = {
                 "take": self.page_size,
                 "skip": skip,
                 "projections": ["namus2Number", "modifiedDateTime"],
                 "predicates": [{"field": "stateOfLastContact", "operator": "IsIn", "values": [scope]}],
-                "orderSpecifications": [{"field": "namus2Number", "direction": "Ascending"}],
             }
-            page = self.client.post_json(url, body)
+            if self.order is not None:
+                body["orderSpecifications"] = self.order  # a stable order keeps pages from overlapping
+            try:
+                page = self.client.post_json(url, body)
+            except HttpError as error:
+                if error.status != 400 or self.order is None:
+                    raise
+                # Ordering is not a documented feature: do without it rather than fail the run.
+                log.warning("NamUs search refused orderSpecifications (%s); paging without", error)
+                self.order = None
+                continue
             results = page.get("results") if isinstance(page, dict) else None
             if not isinstance(results, list):
                 raise HttpError(f"POST {url} ({scope}): response has no 'results' list", url)
@@ -190,7 +213,7 @@ class NamusAdapter(SourceAdapter):
                 if number is None:
                     log.warning("NamUs search (%s): ignoring a result without namus2Number: %.100r", scope, row)
                     continue
-                yield CaseSummary(
+                rows[f"MP{number}"] = CaseSummary(
                     case_id=f"MP{number}",
                     modified=parse_datetime(row.get("modifiedDateTime"), "modifiedDateTime", f"MP{number}"),
                     scope=scope,
@@ -198,7 +221,7 @@ class NamusAdapter(SourceAdapter):
             skip += len(results)
             total = integer(page.get("count"))
             if not results or (total is not None and skip >= total):
-                return
+                return rows, total
 
     def fetch_case(self, case_id: str) -> PersonRecord | None:
         url = self.url(f"{API}/{CASE_SET}/Cases/{case_number(case_id)}")
