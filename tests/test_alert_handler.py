@@ -1,7 +1,7 @@
 """The alert handler against real stand-ins: moto in server mode (DynamoDB, SNS) and
 the one-machine backend (SQLite + SMS file), each test on both where it applies.
-Case details come from the real NamUs adapter talking to a small in-test HTTP server
-that serves a made-up case in NamUs's real response shape."""
+Case details come from the real NamUs adapter talking to the ingest team's NamUs dev
+server, which serves a made-up case in NamUs's real response shape (with faults)."""
 
 from __future__ import annotations
 
