@@ -229,3 +229,72 @@ def test_package_puts_gallery_settings_into_the_deployment_and_checks_them(tmp_p
     not_a_key.write_text("hello")
     with pytest.raises(packaging.PackagingError, match="gallery.public_key_pem"):
         packaging.package("1.0.0", "linux-x86_64", tmp_path, bucket="mpd-artifacts-test", gallery_public_key=not_a_key)
+
+
+# Recipes as the public documentation writes them: the schema must accept what AWS publishes.
+AWS_HELLO_WORLD = """
+RecipeFormatVersion: '2020-01-25'
+ComponentName: com.example.HelloWorld
+ComponentVersion: '1.0.0'
+ComponentDescription: My first AWS IoT Greengrass component.
+ComponentPublisher: Amazon
+ComponentConfiguration:
+  DefaultConfiguration:
+    Message: world
+Manifests:
+  - Platform:
+      os: linux
+    Lifecycle:
+      run: |
+        python3 -u {artifacts:path}/hello_world.py "{configuration:/Message}"
+"""
+SHARED_DOC_EXAMPLE = """
+RecipeFormatVersion: "2020-01-25"
+ComponentName: "com.example.face.Alerter"
+ComponentVersion: "1.4.0"
+ComponentDependencies:
+  com.example.face.Gallery: {VersionRequirement: ">=2026.0.0", DependencyType: "SOFT"}
+  aws.greengrass.StreamManager: {VersionRequirement: "^2.0.0", DependencyType: "SOFT"}
+ComponentConfiguration:
+  DefaultConfiguration:
+    matchThreshold: "0.62"
+    accessControl:
+      aws.greengrass.ipc.mqttproxy:
+        "com.example.face.Alerter:mqttproxy:1":
+          policyDescription: "Publish match alerts and heartbeats for this device only"
+          operations: ["aws.greengrass#PublishToIoTCore"]
+          resources: ["faces/{iot:thingName}/match", "faces/{iot:thingName}/health"]
+Manifests:
+  - Platform: {os: linux, architecture: aarch64}
+    Artifacts:
+      - URI: "s3://example-gg-artifacts/com.example.face.Alerter/1.4.0/alerter.zip"
+        Unarchive: ZIP
+        Permission: {Read: OWNER, Execute: OWNER}
+    Lifecycle:
+      Install:
+        Skipif: "exists {work:path}/venv/bin/python"
+        Script: "python3 -m venv {work:path}/venv"
+        Timeout: 900
+      Run:
+        Script: "{work:path}/venv/bin/python -u {artifacts:decompressedPath}/alerter/main.py"
+"""
+
+
+@pytest.mark.parametrize("text", [AWS_HELLO_WORLD, SHARED_DOC_EXAMPLE], ids=["aws-hello-world", "shared-doc-example"])
+def test_schema_accepts_recipes_written_as_the_public_reference_does(text):
+    assert packaging.schema_errors(yaml.safe_load(text), "recipe.schema.json") == []
+
+
+@pytest.mark.parametrize(
+    ("lifecycle", "expected"),
+    [
+        ({"run": "a", "Run": "b"}, "should not be valid"),
+        ({"run": "a", "Startup": "b"}, "should not be valid"),
+        ({"Instal": "a"}, "'Instal' was unexpected"),
+        ({"RUN": "a"}, "'RUN' was unexpected"),
+    ],
+)
+def test_schema_refuses_ambiguous_or_misspelt_lifecycle_steps(lifecycle, expected):
+    recipe = yaml.safe_load(AWS_HELLO_WORLD)
+    recipe["Manifests"][0]["Lifecycle"] = lifecycle
+    assert any(expected in error for error in packaging.schema_errors(recipe, "recipe.schema.json"))
