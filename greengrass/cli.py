@@ -66,6 +66,8 @@ def package_command(
         )
     except packaging.PackagingError as error:
         raise click.ClickException(str(error)) from None
+    except OSError as error:  # an unwritable --out, a full disk
+        raise click.ClickException(f"cannot write the package: {error}") from None
     size_mb = result.artifact.stat().st_size / 1e6
     click.echo(f"artifact   {result.artifact} ({size_mb:.1f} MB, {len(result.wheels)} wheels)")
     click.echo(f"recipe     {result.recipe}")

@@ -93,8 +93,10 @@ class PackagingError(RuntimeError):
 
 @cache
 def _validator(schema_name: str):
-    from jsonschema import Draft202012Validator
-
+    try:
+        from jsonschema import Draft202012Validator
+    except ImportError:
+        raise PackagingError("checking Greengrass documents needs jsonschema: pip install '.[cloud]'") from None
     schema = json.loads((SCHEMAS / schema_name).read_text())
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema)
