@@ -473,3 +473,27 @@ def test_namus_search_without_ordering_and_with_a_shifting_index(tmp_path):
         handler._namus_search = one_more_than_served
         with pytest.raises(HttpError, match="5 distinct cases of 6 reported, twice"):
             list(adapter.list_scope("Vermont"))
+
+
+def test_a_404_case_that_comes_back_resolved_is_recorded_as_resolved(tmp_path, face_photos):
+    cases = namus_cases(face_photos, 1)
+    data = write_fixture_cases(tmp_path / "data", "namus", cases, states=STATES)
+    store = LocalStore(tmp_path / "store")
+    with SourceServer("namus", data, faults="gone=1000") as server:
+        ingest("namus", server, store)
+        cases[0].modified = "2026-05-01T00:00:00"
+        write_fixture_cases(data, "namus", cases)
+        assert store.get_case("namus", "MP1000") is None  # never stored: nothing to remove
+        server.faults.gone = frozenset()
+        ingest("namus", server, store)
+        cases[0].resolved, cases[0].modified = True, "2026-06-01T00:00:00"
+        write_fixture_cases(data, "namus", cases)
+        server.faults.gone = frozenset({"1000"})
+        assert dict(ingest("namus", server, store).removed) == {"not found": 1}
+        server.faults.gone = frozenset()
+        summary = ingest("namus", server, store)
+        assert not summary.removed  # already out of the gallery: not counted twice
+        case = store.get_case("namus", "MP1000")
+        assert case.removed_reason == "resolved" and case.record.resolved
+        server.requests.clear()
+        assert ingest("namus", server, store).unchanged == 1 and len(case_requests(server)) == 0

@@ -294,12 +294,14 @@ class Ingest:
             self._remove(stored, "not found", summary)
             return
         if record.resolved:
-            if stored is None:
-                self.store.put_case(StoredCase(record=record, removed=True, removed_reason="resolved", scopes=scopes))
+            # Keep the record (so it is not fetched again while unchanged), never the photos.
+            self.store.put_case(
+                StoredCase(record=record, removed=True, removed_reason="resolved", scopes=sorted(scopes))
+            )
+            if stored is not None and not stored.removed:
+                for photo in stored.photos:
+                    self.store.delete(photo.key)
                 summary.removed["resolved"] += 1
-            else:
-                stored = stored.model_copy(update={"record": record})
-                self._remove(stored, "resolved", summary)
             return
         self._store_case(record, stored, sorted(scopes), summary)
 
