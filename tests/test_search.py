@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_app.gallery.search import EXACT_MAX_VECTORS, ExactSearch, HnswSearch, build_search, choose_search
+from edge_app.gallery.bundle import HNSW_INDEX
+from edge_app.gallery.search import EXACT_MAX_VECTORS, ExactSearch, HnswSearch, build_search, choose_search, index_files
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -72,3 +73,14 @@ def test_choice_by_size_is_recorded_with_a_reason():
     assert large.engine == "hnsw" and large.params["ef"] >= 100
     assert isinstance(build_search(np.eye(4, 128, dtype=np.float32), small), ExactSearch)
     assert isinstance(build_search(np.eye(4, 128, dtype=np.float32), large), HnswSearch)
+
+
+def test_index_files_ship_an_hnsw_index_only_for_hnsw_specs(clustered, tmp_path):
+    vectors, queries = clustered
+    assert index_files(vectors, choose_search(len(vectors))) == {}
+    spec = choose_search(EXACT_MAX_VECTORS + 1)
+    files = index_files(vectors, spec)
+    path = tmp_path / HNSW_INDEX
+    path.write_bytes(files[HNSW_INDEX])
+    engine = build_search(vectors, spec, path)
+    np.testing.assert_array_equal(engine.search(queries, 1)[1], ExactSearch(vectors).search(queries, 1)[1])

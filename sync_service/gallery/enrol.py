@@ -25,8 +25,8 @@ import click
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from edge_app.gallery.bundle import HNSW_INDEX, BundleError, ModelRef, PersonRow, write_bundle
-from edge_app.gallery.search import HnswSearch, choose_search
+from edge_app.gallery.bundle import BundleError, ModelRef, PersonRow, write_bundle
+from edge_app.gallery.search import choose_search, index_files
 from models.faces import Face
 from models.images import ImageError, load_image
 from models.recognizer import FaceModels
@@ -296,7 +296,6 @@ def build_from_photos_command(photos_dir: Path, out_dir: Path) -> None:
     if not labels:
         raise click.ClickException(f"{photos_dir}: no usable face in any photo; nothing to build")
     search = choose_search(len(labels))
-    extra = {HNSW_INDEX: HnswSearch.build(vectors).to_bytes()} if search.engine == "hnsw" else None
     version = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     try:
         manifest = write_bundle(
@@ -312,7 +311,7 @@ def build_from_photos_command(photos_dir: Path, out_dir: Path) -> None:
             vectors=vectors,
             labels=labels,
             persons=persons,
-            extra_files=extra,
+            extra_files=index_files(vectors, search),
             sign=_signer(),
         )
     except BundleError as error:
