@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge_app.gallery.bundle import ModelRef, PersonRow
 from edge_app.gallery.delta import GalleryData, canonical, group_by_person
 from edge_app.gallery.sync_agent import device_embedder
+from sync_service.gallery import nightly
 from sync_service.gallery.nightly import write_build
 from sync_service.gallery.publish import publish
 from sync_service.store import open_store
@@ -83,10 +84,13 @@ class Publisher:
         self.build_out = Path(workdir) / "build"
         self.root = Path(workdir) / "published"
         self.previous = None
+        self.history: list = []
         self.built = 0
 
     def release(self, gallery: GalleryData, publish_it: bool = True):
         self.built += 1
+        # Like NightlyBuilder.older(): deltas also from the builds before the previous one.
+        older = [(r.gallery_version, g) for r, g in reversed(self.history[:-1])][: nightly.DELTA_HISTORY - 1]
         record, info = write_build(
             open_store(self.build_out),
             gallery,
@@ -96,8 +100,10 @@ class Publisher:
             template="per_photo",
             sign=self.key.sign,
             now=T0 + timedelta(days=self.built),
+            older=older,
         )
         self.previous = (record, gallery)
+        self.history.append(self.previous)
         if publish_it:
             publish(str(self.build_out), str(self.root))
         return record, info

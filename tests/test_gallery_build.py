@@ -222,3 +222,19 @@ def test_empty_or_collapsing_gallery_is_refused(faces_dir, models, key, tmp_path
     assert LatestPointer.parse((out / "gallery" / "build.json").read_bytes(), "x").gallery_version == first.version
     monkeypatch.setenv("MPD_GALLERY_ALLOW_SHRINK", "1")
     assert builder(store.root, out, models, key).run().persons == 2
+
+
+def test_deltas_from_older_builds_for_devices_that_missed_nights(faces_dir, models, key, tmp_path):
+    store = LocalStore(tmp_path / "store")
+    out = tmp_path / "build"
+    versions = []
+    for i, name in enumerate(PEOPLE[:3]):
+        add_case(store, faces_dir, name, f"T{i:04d}", ["1.jpg"])
+        versions.append(builder(store.root, out, models, key).run().version)
+
+    record = LatestPointer.parse((out / "gallery" / "build.json").read_bytes(), "build.json")
+    assert record.delta.base_version == versions[1]
+    assert [ref.base_version for ref in record.older_deltas] == [versions[0]]
+    older = load_bundle(out / "gallery" / record.older_deltas[0].path, key.public_key(), require_signature=True)
+    assert older.manifest.base_version == versions[0]
+    assert sorted(set(older.labels)) == ["namus:T0001", "namus:T0002"] and older.removed == []

@@ -80,15 +80,40 @@ def test_delta_over_http_reproduces_the_signed_full_bundle(publisher, galleries,
     assert (device / "previous").resolve().name != record.gallery_version
 
 
-def test_missed_nights_fall_back_to_the_full_bundle(publisher, galleries, tmp_path):
-    publisher.release(galleries[0])
+def test_missed_nights_take_the_delta_from_the_version_held(publisher, galleries, tmp_path):
+    first, _ = publisher.release(galleries[0])
+    with LinkServer(publisher.root) as link:
+        agent = agent_for(link.url, publisher, tmp_path / "device")
+        agent.sync_once()
+        publisher.release(galleries[1])
+        record, _ = publisher.release(galleries[2])  # the device missed the 2nd night
+        link.stats.paths.clear()
+        assert agent.sync_once().version == record.gallery_version
+        fetched = list(link.stats.paths)
+
+    assert [ref.base_version for ref in record.older_deltas] == [first.gallery_version]
+    assert any(f"/delta-from-{first.gallery_version}/vectors.npy" in p for p in fetched)
+    assert not any("/full/" in p for p in fetched)
+    assert bundle_bytes(tmp_path / "device" / "current") == bundle_bytes(publisher.root / record.full)
+
+
+def test_offline_longer_than_the_delta_history_takes_the_full_bundle(publisher, tmp_path, monkeypatch):
+    from sync_service.gallery import nightly
+
+    monkeypatch.setattr(nightly, "DELTA_HISTORY", 2)
+    gallery = synthetic_gallery(100, seed=1)
+    publisher.release(gallery)
     agent = agent_for(publisher.root, publisher, tmp_path / "device")
     agent.sync_once()
-    publisher.release(galleries[1])
-    record, _ = publisher.release(galleries[2])  # its delta is against the 2nd, device holds the 1st
+    for seed in (2, 3, 4):
+        gallery = churn(gallery, 0.05, seed=seed)
+        record, _ = publisher.release(gallery)
+    fetched = []
+    real_download = agent.source.download
+    agent.source.download = lambda relpath, dest, size: (fetched.append(relpath), real_download(relpath, dest, size))
 
     assert agent.sync_once().version == record.gallery_version
-    assert bundle_bytes(tmp_path / "device" / "current") == bundle_bytes(publisher.root / record.full)
+    assert fetched and all("/full/" in path for path in fetched)
 
 
 def test_delta_for_another_base_is_refused_then_full_is_used(publisher, galleries, tmp_path, caplog):

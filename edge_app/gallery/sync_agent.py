@@ -90,12 +90,16 @@ class LatestPointer(BaseModel):
     schema_: Literal["mpd.gallery.latest/1"] = Field(POINTER_SCHEMA, alias="schema")
     gallery_version: str
     full: str  # relative path of the full bundle, ends with "/"
-    delta: DeltaRef | None = None
+    delta: DeltaRef | None = None  # against the version before this one
+    older_deltas: list[DeltaRef] = Field(default_factory=list)  # against earlier ones (devices that missed nights)
     embedder: ModelRef
     published_at: datetime
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, indent=1)
+
+    def all_deltas(self) -> list[DeltaRef]:
+        return ([self.delta] if self.delta else []) + self.older_deltas
 
     @classmethod
     def parse(cls, payload: bytes | str, origin: str) -> LatestPointer:
@@ -105,7 +109,7 @@ class LatestPointer(BaseModel):
             pointer = cls.model_validate_json(payload)
         except ValidationError as error:
             raise SyncError(f"{origin}: malformed gallery pointer: {error}") from None
-        for path in [pointer.full] + ([pointer.delta.path] if pointer.delta else []):
+        for path in [pointer.full] + [ref.path for ref in pointer.all_deltas()]:
             if path.startswith("/") or ".." in path.split("/") or "://" in path:
                 raise SyncError(f"{origin}: gallery pointer path {path!r} leaves the gallery root")
         return pointer
@@ -384,9 +388,10 @@ class SyncAgent:
         if target == self.version:
             return SyncResult("up_to_date", self.version)
         fetched = None
-        if pointer.delta and self.version and pointer.delta.base_version == self.version:
+        delta = next((ref for ref in pointer.all_deltas() if self.version and ref.base_version == self.version), None)
+        if delta is not None:
             try:
-                fetched = self._fetch_delta(pointer)
+                fetched = self._fetch_delta(pointer, delta)
             except (SyncError, BundleError) as error:
                 log.warning("gallery: delta %s -> %s unusable, fetching the full bundle: %s",
                             self.version, target, error)  # fmt: skip
@@ -428,8 +433,8 @@ class SyncAgent:
         work = self._download(pointer.full, f"{pointer.gallery_version}-full", "full", pointer)
         return work, load_bundle(work, self.public_key, require_signature=True)
 
-    def _fetch_delta(self, pointer: LatestPointer) -> tuple[Path, BundleContents]:
-        work = self._download(pointer.delta.path, f"{pointer.gallery_version}-delta", "delta", pointer)
+    def _fetch_delta(self, pointer: LatestPointer, ref: DeltaRef) -> tuple[Path, BundleContents]:
+        work = self._download(ref.path, f"{pointer.gallery_version}-delta-{ref.base_version}"[:64], "delta", pointer)
         delta = load_bundle(work, self.public_key, require_signature=True)
         base = self._current_data()
         staged = self.dir.new_staging(pointer.gallery_version)

@@ -8,8 +8,9 @@
    deadline (the Lambda 15-minute limit) resumes where it stopped.
 2. Assemble: persons of active cases with at least one usable face, in canonical order
    (``edge_app.gallery.delta``). Resolved and removed cases are simply absent.
-3. Write: a signed full bundle, and a signed delta against the previous build (added
-   vectors, removed labels, changed person rows) whenever the embedder is unchanged.
+3. Write: a signed full bundle, and signed deltas (added vectors, removed labels,
+   changed person rows) against the previous build and the ones before it, up to
+   ``DELTA_HISTORY``, built with the same embedder.
 
 Output layout (a folder or s3://), read by ``mpd gallery publish``:
 
@@ -38,13 +39,16 @@ from edge_app.gallery.bundle import MANIFEST, SIGNATURE, BundleError, ModelRef, 
 from edge_app.gallery.delta import FULL_MANIFEST, FULL_SIGNATURE, GalleryData, canonical, compute_delta
 from edge_app.gallery.search import choose_search
 from edge_app.gallery.sync_agent import DeltaRef, LatestPointer
-from sync_service.gallery.publish import BUILD_RECORD, BUILD_ROOT, copy_bundle
+from sync_service.gallery.publish import BUILD_RECORD, BUILD_ROOT, PublishError, copy_bundle
 from sync_service.store import LocalStore, Store, StoredCase, StoreError, open_store
 
 log = logging.getLogger(__name__)
 
 CACHE_ROOT = "gallery/cache/"
 CACHE_FLUSH_EVERY = 200  # photos per cache chunk: bounds the work lost to a crash
+# Deltas from this many recent builds: a device offline for up to a week still takes a
+# small delta instead of the full bundle over its poor link.
+DELTA_HISTORY = 7
 MIN_KEPT_SHARE = 0.5  # a build keeping fewer persons than this share of the last one is refused
 ALLOW_SHRINK_ENV = "MPD_GALLERY_ALLOW_SHRINK"
 VERSION_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -265,6 +269,22 @@ class NightlyBuilder:
             return None
         return record, GalleryData.from_bundle(bundle)
 
+    def older(self, previous: LatestPointer) -> list[tuple[str, GalleryData]]:
+        """The builds before the previous one that still get a delta (newest first)."""
+        bases = [ref.base_version for ref in ([previous.delta] if previous.delta else []) + previous.older_deltas]
+        galleries = []
+        for version in bases[: DELTA_HISTORY - 1]:
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    copy_bundle(self.out, f"{BUILD_ROOT}{version}/full/", LocalStore(tmp), "")
+                    bundle = load_bundle(Path(tmp), self.public_key, require_signature=True)
+                except (BundleError, PublishError, StoreError) as error:
+                    log.warning("gallery build: no delta from %s (its full bundle is unusable: %s)", version, error)
+                    continue
+            if bundle.manifest.embedder_compatible(self.embedder):
+                galleries.append((version, GalleryData.from_bundle(bundle)))
+        return galleries
+
     def write(self, gallery: GalleryData, template: str, result: BuildResult, now: datetime) -> BuildResult:
         previous = self.previous()
         check_size(gallery, previous[1] if previous else None, self.store.url)
@@ -273,7 +293,7 @@ class NightlyBuilder:
             return result
         record, result.delta = write_build(
             self.out, gallery, previous, embedder=self.embedder, detector=self.detector, template=template,
-            sign=self.sign, now=now,
+            sign=self.sign, now=now, older=self.older(previous[0]) if previous else [],
         )  # fmt: skip
         result.version, result.persons, result.vectors = (
             record.gallery_version,
@@ -296,8 +316,10 @@ def write_build(
     template: str,
     sign: Callable[[bytes], bytes],
     now: datetime,
+    older: list[tuple[str, GalleryData]] = (),
 ) -> tuple[LatestPointer, dict | None]:
-    """Write the signed full bundle and, given the previous build, the delta from it; record the build last."""
+    """Write the signed full bundle and, given the previous build, the delta from it (and from
+    each ``older`` (version, gallery), for devices that missed nights); record the build last."""
     if previous is not None:
         # Versions name directories and devices refuse to go back: always move forward.
         last = datetime.strptime(previous[0].gallery_version, VERSION_FORMAT).replace(tzinfo=UTC)
@@ -314,36 +336,44 @@ def write_build(
     record = LatestPointer(gallery_version=version, full=f"{version}/full/", embedder=embedder, published_at=now)
     delta_info = None
     with tempfile.TemporaryDirectory() as tmp:
-        full_dir, delta_dir = Path(tmp, "full"), Path(tmp, "delta")
+        full_dir = Path(tmp, "full")
         write_bundle(full_dir, manifest_fields=fields, vectors=gallery.vectors, labels=gallery.labels,
                      persons=gallery.persons, sign=sign)  # fmt: skip
         copy_bundle(LocalStore(tmp), "full/", out, BUILD_ROOT + record.full)
-        if previous is not None:
-            base_record, base = previous
+        full_files = {
+            FULL_MANIFEST: (full_dir / MANIFEST).read_bytes(),
+            FULL_SIGNATURE: (full_dir / SIGNATURE).read_bytes(),
+        }
+        bases = ([(previous[0].gallery_version, previous[1])] if previous else []) + list(older)
+        for index, (base_version, base) in enumerate(bases):
             delta = compute_delta(base, gallery)
+            name = "delta" if index == 0 else f"delta-from-{base_version}"
             write_bundle(
-                delta_dir,
-                manifest_fields={**fields, "kind": "delta", "base_version": base_record.gallery_version},
+                Path(tmp, name),
+                manifest_fields={**fields, "kind": "delta", "base_version": base_version},
                 vectors=delta.vectors,
                 labels=delta.labels,
                 persons=delta.persons,
                 removed=delta.removed,
-                extra_files={
-                    FULL_MANIFEST: (full_dir / MANIFEST).read_bytes(),
-                    FULL_SIGNATURE: (full_dir / SIGNATURE).read_bytes(),
-                },
+                extra_files=full_files,
                 sign=sign,
             )
-            record.delta = DeltaRef(base_version=base_record.gallery_version, path=f"{version}/delta/")
-            copy_bundle(LocalStore(tmp), "delta/", out, BUILD_ROOT + record.delta.path)
-            delta_info = {
-                "base_version": base_record.gallery_version,
-                "added_vectors": len(delta.labels),
-                "removed_persons": len(delta.removed),
-                "person_rows": len(delta.persons),
-                "full_bytes": sum(f.stat().st_size for f in full_dir.iterdir()),
-                "delta_bytes": sum(f.stat().st_size for f in delta_dir.iterdir()),
-            }
+            ref = DeltaRef(base_version=base_version, path=f"{version}/{name}/")
+            copy_bundle(LocalStore(tmp), f"{name}/", out, BUILD_ROOT + ref.path)
+            if index == 0:
+                record.delta = ref
+                delta_info = {
+                    "base_version": base_version,
+                    "added_vectors": len(delta.labels),
+                    "removed_persons": len(delta.removed),
+                    "person_rows": len(delta.persons),
+                    "full_bytes": sum(f.stat().st_size for f in full_dir.iterdir()),
+                    "delta_bytes": sum(f.stat().st_size for f in Path(tmp, name).iterdir()),
+                }
+            else:
+                record.older_deltas.append(ref)
+        if delta_info is not None and record.older_deltas:
+            delta_info["older_bases"] = [ref.base_version for ref in record.older_deltas]
     out.write_bytes(BUILD_RECORD, record.to_json().encode())  # last: the build is complete
     return record, delta_info
 

@@ -66,8 +66,8 @@ def publish(build_out: str, destination: str) -> LatestPointer:
     source, dest = open_store(build_out), open_store(destination)
     record = read_build_record(source)
     total = copy_bundle(source, BUILD_ROOT + record.full, dest, record.full)
-    if record.delta is not None:
-        total += copy_bundle(source, BUILD_ROOT + record.delta.path, dest, record.delta.path)
+    for ref in record.all_deltas():
+        total += copy_bundle(source, BUILD_ROOT + ref.path, dest, ref.path)
     pointer = record.model_copy(update={"published_at": datetime.now(UTC)})
     dest.write_bytes(POINTER, pointer.to_json().encode())  # last: devices now see the new version
     log.info("published gallery %s to %s (%d bytes)", pointer.gallery_version, dest.url, total)
