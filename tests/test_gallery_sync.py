@@ -364,3 +364,24 @@ def test_manifest_written_last_so_partial_publish_is_not_a_bundle(publisher, gal
     assert (publisher.root / "latest.json").stat().st_mtime_ns >= (
         publisher.root / record.full / MANIFEST
     ).stat().st_mtime_ns
+
+
+def test_s3_download_resumes_from_the_partial_file(aws, publisher, tmp_path):
+    """S3 honours Range: a partial file is continued, not re-fetched. Proven by planting a
+    wrong prefix: resuming keeps it (sha256 refused), a restart would not."""
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="mpd-gallery")
+    publisher.release(synthetic_gallery(200, seed=9), publish_it=False)
+    from sync_service.gallery.publish import publish
+
+    record = publish(str(publisher.build_out), "s3://mpd-gallery/live")
+    size = (publisher.build_out / "gallery" / record.full / "vectors.npy").stat().st_size
+    work = tmp_path / "device" / "downloads" / f"{record.gallery_version}-full"
+    work.mkdir(parents=True)
+    (work / "vectors.npy.part").write_bytes(b"\x00" * (size // 2))
+    agent = agent_for("s3://mpd-gallery/live", publisher, tmp_path / "device")
+
+    first = agent.sync_once()
+    assert first.status == "failed" and "does not match the signed manifest" in first.detail
+    assert agent.sync_once().version == record.gallery_version  # the bad part was discarded
