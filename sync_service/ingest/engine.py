@@ -180,7 +180,9 @@ class Ingest:
         if listing["scopes"] is None:
             listing["scopes"] = self.adapter.list_scopes(self.wanted_scopes)
             self._save_listing(listing)
-        for scope in listing["scopes"]:
+        scopes_bar = tqdm(listing["scopes"], desc=f"list {self.source}", unit="state",
+                          disable=not self.progress or len(listing["scopes"]) < 2)  # fmt: skip
+        for scope in scopes_bar:
             if scope in listing["pages"]:
                 continue
             try:
