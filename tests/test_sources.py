@@ -260,3 +260,13 @@ def test_namus_uncategorised_photo_is_kept():
     body = load("namus_case_2025.json")
     del body["images"][1]["category"]  # the "Other" one, now without a category
     assert [p.photo_id for p in parse_case(body).photos] == ["4001", "4002", "4003"]
+
+
+def test_case_numbers_from_the_real_website_export_are_understood(sources_dir):
+    import csv
+
+    path = sources_dir / "namus_website_csv_export_missing_f_head20_allisonhorst.csv"
+    with open(path, newline="") as file:
+        numbers = [row["Case Number"] for row in csv.DictReader(file)]
+    assert len(numbers) == 20
+    assert all(f"MP{case_number(n)}" == n for n in numbers)  # the ids the original project fed to Cases/{id}
