@@ -385,3 +385,27 @@ def test_s3_download_resumes_from_the_partial_file(aws, publisher, tmp_path):
     first = agent.sync_once()
     assert first.status == "failed" and "does not match the signed manifest" in first.detail
     assert agent.sync_once().version == record.gallery_version  # the bad part was discarded
+
+
+def test_hnsw_gallery_ships_its_index_and_a_delta_device_builds_its_own(publisher, galleries, tmp_path, monkeypatch):
+    from edge_app.gallery import search
+    from edge_app.gallery.bundle import HNSW_INDEX
+    from edge_app.gallery.gallery import Gallery
+
+    monkeypatch.setattr(search, "EXACT_MAX_VECTORS", 100)  # these small galleries count as large
+    publisher.release(galleries[0])
+    agent = agent_for(publisher.root, publisher, tmp_path / "device")
+    agent.sync_once()
+    assert (tmp_path / "device" / "current" / HNSW_INDEX).is_file()  # the full bundle carried it
+    record, _ = publisher.release(galleries[1])
+
+    assert agent.sync_once().version == record.gallery_version
+    assert (publisher.root / record.full / HNSW_INDEX).is_file()
+    installed = agent.dir.load()  # verifies against the signed manifest the delta carried
+    assert installed.manifest.search.engine == "hnsw" and HNSW_INDEX not in installed.manifest.files
+    via_delta = Gallery.from_bundle(installed)
+    shipped = Gallery.from_bundle(load_bundle(publisher.root / record.full, publisher.public_key, True))
+    queries = galleries[1].vectors[::7]
+    assert [m[0].person_id for m in via_delta.search(queries, 1)] == [
+        m[0].person_id for m in shipped.search(queries, 1)
+    ]

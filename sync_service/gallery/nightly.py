@@ -37,7 +37,7 @@ import numpy as np
 
 from edge_app.gallery.bundle import MANIFEST, SIGNATURE, BundleError, ModelRef, PersonRow, load_bundle, write_bundle
 from edge_app.gallery.delta import FULL_MANIFEST, FULL_SIGNATURE, GalleryData, canonical, compute_delta
-from edge_app.gallery.search import choose_search
+from edge_app.gallery.search import choose_search, index_files
 from edge_app.gallery.sync_agent import DeltaRef, LatestPointer
 from sync_service.gallery.publish import BUILD_RECORD, BUILD_ROOT, PublishError, copy_bundle
 from sync_service.store import LocalStore, Store, StoredCase, StoreError, open_store
@@ -337,12 +337,21 @@ def write_build(
     delta_info = None
     with tempfile.TemporaryDirectory() as tmp:
         full_dir = Path(tmp, "full")
+        index = index_files(gallery.vectors, fields["search"])  # large galleries: devices get the index built
         write_bundle(full_dir, manifest_fields=fields, vectors=gallery.vectors, labels=gallery.labels,
-                     persons=gallery.persons, sign=sign)  # fmt: skip
+                     persons=gallery.persons, extra_files=index, sign=sign)  # fmt: skip
         copy_bundle(LocalStore(tmp), "full/", out, BUILD_ROOT + record.full)
+        # A device applying a delta rebuilds vectors, labels and persons exactly, but not an
+        # hnsw index; so deltas carry the signed manifest of the same gallery without it,
+        # and such a device builds the index itself when it loads the gallery.
+        target_dir = full_dir
+        if index:
+            target_dir = Path(tmp, "full-without-index")
+            write_bundle(target_dir, manifest_fields=fields, vectors=gallery.vectors, labels=gallery.labels,
+                         persons=gallery.persons, sign=sign)  # fmt: skip
         full_files = {
-            FULL_MANIFEST: (full_dir / MANIFEST).read_bytes(),
-            FULL_SIGNATURE: (full_dir / SIGNATURE).read_bytes(),
+            FULL_MANIFEST: (target_dir / MANIFEST).read_bytes(),
+            FULL_SIGNATURE: (target_dir / SIGNATURE).read_bytes(),
         }
         bases = ([(previous[0].gallery_version, previous[1])] if previous else []) + list(older)
         for index, (base_version, base) in enumerate(bases):
