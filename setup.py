@@ -28,7 +28,7 @@ DEVICE = [
 ]
 LARGE_GALLERY = ["hnswlib>=0.8,<0.9"]
 GREENGRASS = ["awsiotsdk>=1.21,<2"]
-CLOUD = ["boto3>=1.34,<2", "aws-lambda-powertools>=3.0,<4", "jsonschema>=4.20,<5"]
+CLOUD = ["boto3>=1.34,<2", "aws-lambda-powertools>=3.0,<4", "jsonschema>=4.20,<5", "gsm0338>=1.1,<2"]
 DEMO = ["scikit-image>=0.24,<0.27"]
 DEV = [
     "pytest>=8,<10",

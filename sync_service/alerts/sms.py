@@ -14,15 +14,10 @@ import unicodedata
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 
+import gsm0338  # noqa: F401  (registers the "gsm03.38" codec: the GSM 03.38 tables, not ours)
+
 MAX_SEGMENTS = 2
 
-# GSM 03.38 basic character set, and the extension table (each costs two septets).
-GSM7_BASIC = (
-    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
-    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
-)
-GSM7_EXTENSION = "^{}\\[~]|€\f"
-_GSM7 = set(GSM7_BASIC) | set(GSM7_EXTENSION)
 # Characters GSM-7 lacks that Unicode does not decompose (NFKD handles the accented ones).
 _FOLDS = str.maketrans(
     {"‘": "'", "’": "'", "“": '"', "”": '"', "–": "-", "—": "-", "…": "...", "\u00a0": " ",
@@ -30,15 +25,23 @@ _FOLDS = str.maketrans(
 )  # fmt: skip
 
 
+def gsm7_septets(text: str) -> int | None:
+    """Septets ``text`` takes in GSM-7 (extension characters take two), or None if it cannot."""
+    try:
+        return len(text.encode("gsm03.38"))
+    except UnicodeEncodeError:
+        return None
+
+
 def is_gsm7(text: str) -> bool:
-    return all(char in _GSM7 for char in text)
+    return gsm7_septets(text) is not None
 
 
 def segment_count(text: str) -> int:
     """How many SMS segments ``text`` takes (GSM-7 when it can, else UCS-2)."""
-    if is_gsm7(text):
-        units = sum(2 if char in GSM7_EXTENSION else 1 for char in text)
-        single, multi = 160, 153
+    septets = gsm7_septets(text)
+    if septets is not None:
+        units, single, multi = septets, 160, 153
     else:
         units = len(text.encode("utf-16-le")) // 2  # characters beyond the BMP take two units
         single, multi = 70, 67
@@ -50,7 +53,7 @@ def fold_to_gsm7(text: str) -> str:
     text = text.translate(_FOLDS)
     folded = []
     for char in text:
-        if char in _GSM7:
+        if is_gsm7(char):
             folded.append(char)
             continue
         base = "".join(c for c in unicodedata.normalize("NFKD", char) if not unicodedata.combining(c))
@@ -144,4 +147,4 @@ class AlertText:
 
 def _gsm7_only(text: str) -> str:
     folded = fold_to_gsm7(text)
-    return " ".join("".join(char for char in folded if char in _GSM7).split())
+    return " ".join("".join(char for char in folded if is_gsm7(char)).split())
