@@ -18,10 +18,11 @@ import pytest
 
 from sync_service.dev_servers.fixtures import FixtureCase, FixturePhoto, remove_fixture_case, write_fixture_cases
 from sync_service.dev_servers.server import SourceServer
-from sync_service.http import HttpError, PoliteClient
+from sync_service.http import PoliteClient
 from sync_service.ingest.engine import Ingest, IngestSummary, SourceDown
 from sync_service.sources import make_adapter
-from sync_service.store import LocalStore, Store, open_store
+from sync_service.sources.records import PersonRecord
+from sync_service.store import LocalStore, Store, StoredCase, open_store
 from tests.servers import free_port
 from tests.test_dev_servers import made_up_cases
 
@@ -266,6 +267,22 @@ def test_interpol_window_is_crawled_by_partition(tmp_path):
     with SourceServer("interpol", data) as server:
         adapter = make_adapter("interpol", server.url, rate_limit=500)
         assert len({s.case_id for s in adapter.list_scope("")}) == 170
+        assert adapter.incomplete == {}
+
+
+def test_interpol_unreachable_notices_make_the_listing_incomplete(tmp_path):
+    # 170 women with no birth date: no sex or age window brings the last 10 into view.
+    cases = [FixtureCase(case_id=f"2024-{i}", first_name="A", last_name=f"B{i}", sex="Female") for i in range(170)]
+    data = write_fixture_cases(tmp_path / "data", "interpol", cases)
+    store = LocalStore(tmp_path / "store")
+    store.put_case(StoredCase(record=PersonRecord(source="interpol", case_id="2024-0", name="Earlier Seen")))
+    with SourceServer("interpol", data) as server:
+        summary = ingest("interpol", server, store, rate_limit=5000)
+    assert summary.cases_seen == 160 and summary.listing_incomplete == {
+        "": "160 of 170 notices reachable through the 160-result window"
+    }
+    assert "vanished cases not checked" in summary.vanished_check
+    assert store.get_case("interpol", "2024-0").active  # not reached this time, so not judged gone
 
 
 def test_ingest_into_s3(aws, tmp_path, face_photos):
@@ -471,8 +488,8 @@ def test_namus_search_without_ordering_and_with_a_shifting_index(tmp_path):
             return status, json.dumps(page).encode(), content_type
 
         handler._namus_search = one_more_than_served
-        with pytest.raises(HttpError, match="5 distinct cases of 6 reported, twice"):
-            list(adapter.list_scope("Vermont"))
+        assert len(list(adapter.list_scope("Vermont"))) == 5  # what was listed is still used
+        assert adapter.incomplete == {"Vermont": "5 distinct cases of 6 reported, twice"}
 
 
 def test_a_404_case_that_comes_back_resolved_is_recorded_as_resolved(tmp_path, face_photos):

@@ -51,6 +51,7 @@ class IngestSummary:
     photos_kept: int = 0
     photos_rejected: Counter = field(default_factory=Counter)  # reason -> count
     listing_errors: dict[str, str] = field(default_factory=dict)  # scope -> error
+    listing_incomplete: dict[str, str] = field(default_factory=dict)  # scope -> why some cases were not shown
     vanished_check: str = ""
     resumed: bool = False
     requests: int = 0
@@ -84,6 +85,8 @@ class IngestSummary:
             out.append(f"fetch failed, skipped: {case_id}: {reason}")
         for scope, error in self.listing_errors.items():
             out.append(f"listing failed for {scope or 'all'}: {error}")
+        for scope, reason in self.listing_incomplete.items():
+            out.append(f"listing incomplete for {scope or 'all'}: {reason}")
         if self.vanished_check:
             out.append(self.vanished_check)
         out.append(
@@ -192,6 +195,8 @@ class Ingest:
                 summary.listing_errors[scope] = str(error)
                 continue
             listing["pages"][scope] = rows
+            if scope in self.adapter.incomplete:
+                summary.listing_incomplete[scope] = self.adapter.incomplete[scope]
             self._save_listing(listing)
         if listing["scopes"] and not listing["pages"]:
             raise SourceDown(
@@ -370,7 +375,7 @@ class Ingest:
         if self.limit is not None:
             summary.vanished_check = "vanished cases not checked (--limit covers only part of the listing)"
             return
-        if summary.listing_errors:
+        if summary.listing_errors or summary.listing_incomplete:
             summary.vanished_check = "vanished cases not checked (the listing was incomplete)"
             return
         run_scopes = set(listing["scopes"])

@@ -29,6 +29,9 @@ class SourceAdapter(ABC):
     def __init__(self, base_url: str, client: PoliteClient | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.client = client or PoliteClient()
+        # Partitions whose listing could not show every case (scope -> why). Their
+        # cases are still ingested, but nothing is judged vanished on such a listing.
+        self.incomplete: dict[str, str] = {}
 
     def url(self, path_or_url: str) -> str:
         """Absolute URL for an href that may be relative to the source's base."""

@@ -144,8 +144,10 @@ class InterpolAdapter(SourceAdapter):
 
     def _crawl(self, filters: dict[str, Any]) -> Iterator[CaseSummary]:
         total, summaries, more = self._query(filters, 1)
+        if not filters:
+            self._total = total
+        yield from summaries  # what this query shows counts, however the parts below fare
         if total <= WINDOW:
-            yield from summaries
             page = 1
             while more and page * WINDOW < total:
                 page += 1
@@ -163,14 +165,17 @@ class InterpolAdapter(SourceAdapter):
             yield from self._crawl({**filters, "ageMin": middle + 1, "ageMax": high})
             return
         log.warning("Interpol: %d notices for %s, only the first %d are visible", total, filters, WINDOW)
-        yield from summaries
 
     def list_scope(self, scope: str) -> Iterator[CaseSummary]:
         seen: set[str] = set()
+        self._total = 0
         for summary in self._crawl({}):
             if summary.case_id not in seen:
                 seen.add(summary.case_id)
                 yield summary
+        if len(seen) < self._total:  # e.g. notices without a birth date, which no age window shows
+            self.incomplete[scope] = f"{len(seen)} of {self._total} notices reachable through the 160-result window"
+            log.warning("Interpol: %s", self.incomplete[scope])
 
     def fetch_case(self, case_id: str) -> PersonRecord | None:
         url = self.url(f"/notices/v1/yellow/{notice_id(case_id)}")

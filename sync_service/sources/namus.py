@@ -174,14 +174,14 @@ class NamusAdapter(SourceAdapter):
     def list_scope(self, scope: str) -> Iterator[CaseSummary]:
         # Paging an index that changes under us can skip a case, and a skipped case
         # would look vanished: check the distinct count against the reported total.
-        for _ in range(2):
+        for attempt in (1, 2):
             rows, total = self._search_state(scope)
             if total is None or len(rows) >= total:
-                yield from rows.values()
-                return
-            log.warning("NamUs search %s: %d distinct cases of %d reported; listing again", scope, len(rows), total)
-        url = self.url(f"{API}/{CASE_SET}/Search")
-        raise HttpError(f"NamUs search for {scope}: {len(rows)} distinct cases of {total} reported, twice", url)
+                break
+            log.warning("NamUs search %s: %d distinct cases of %d reported (try %d)", scope, len(rows), total, attempt)
+        else:
+            self.incomplete[scope] = f"{len(rows)} distinct cases of {total} reported, twice"
+        yield from rows.values()
 
     def _search_state(self, scope: str) -> tuple[dict[str, CaseSummary], int | None]:
         url = self.url(f"{API}/{CASE_SET}/Search")
