@@ -161,11 +161,14 @@ def raw_model_time(models: FaceModels, frames: list[np.ndarray]) -> float:
     return time.perf_counter() - started
 
 
-def run_pipeline(models, bundle: Path, video: Path, work: Path, realtime: bool = False) -> tuple[dict, EdgeRunner]:
+def run_pipeline(
+    models, bundle: Path, video: Path, work: Path, realtime: bool = False, threshold: float | None = None
+) -> tuple[dict, EdgeRunner]:
     tag = f"{video.stem}-{time.monotonic_ns()}"
     config = load_config(
         component_config={
             "cameras": [{"id": "cam0", "source": str(video)}],
+            "recognition": {"threshold": threshold},
             "outbox": {"path": str(work / f"outbox-{tag}.sqlite3")},
             "publisher": "file",
             "file_path": str(work / f"events-{tag}.jsonl"),
@@ -213,13 +216,13 @@ def bench_speed(models, bundle: Path, videos: dict, work: Path, repeats: int) ->
     return result
 
 
-def bench_latency(models, bundle: Path, videos: list, work: Path) -> dict:
+def bench_latency(models, bundle: Path, videos: list, work: Path, threshold: float | None) -> dict:
     latencies, frames_after_visible = [], []
     missed = []
     for path, truth in videos:
         if "members" not in path.stem:
             continue
-        summary, runner = run_pipeline(models, bundle, path, work, realtime=True)
+        summary, runner = run_pipeline(models, bundle, path, work, realtime=True, threshold=threshold)
         spans = truth.appearances()
         confirmed = {}
         for record in runner.processor.events:
@@ -233,6 +236,7 @@ def bench_latency(models, bundle: Path, videos: list, work: Path) -> dict:
             frames_after_visible.append(record.confirm_frame - first)
     ordered = sorted(latencies)
     return {
+        "threshold": threshold if threshold is not None else DEFAULT_THRESHOLD,
         "samples": len(latencies),
         "first_frame_to_outbox_s_median": round(statistics.median(latencies), 3) if latencies else None,
         "first_frame_to_outbox_s_p95": round(ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))], 3)
@@ -387,6 +391,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--latency-threshold", type=float, help="threshold for the latency runs (default: the device default)"
+    )
     parser.add_argument("--skip", nargs="*", default=[], choices=["speed", "latency", "memory", "confirmation"])
     args = parser.parse_args()
     if not (FACES / "gallery").is_dir():
@@ -408,7 +415,7 @@ def main() -> None:
         if "latency" not in args.skip or "confirmation" not in args.skip:
             sweep = sweep_videos(models, work)
         if "latency" not in args.skip:
-            result["latency"] = bench_latency(models, members_bundle, sweep, work)
+            result["latency"] = bench_latency(models, members_bundle, sweep, work, args.latency_threshold)
         if "confirmation" not in args.skip:
             result["confirmation"] = bench_confirmation(models, members_bundle, sweep)
     text = json.dumps(result, indent=2)
