@@ -23,9 +23,12 @@ from edge_app.gallery.bundle import HNSW_INDEX, SearchSpec
 # 1 ms at 25k vectors and 15-35 ms at 250k on one core, while hnswlib answers in
 # under 1 ms with recall@1 of 1.0 at 250k. Exact stays below ~5 ms up to about 50k.
 EXACT_MAX_VECTORS = 50_000
-HNSW_M = 32
-HNSW_EF_CONSTRUCTION = 200
-HNSW_EF_SEARCH = 200
+# The hnsw configuration measured at 1M real-like vectors: recall@1 0.993 against
+# exact at 3.6 ms per query (ef 400: 0.987 at 1.9 ms); 529 s to build on 2 cores,
+# about 650 bytes per vector in memory.
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 100
+HNSW_EF_SEARCH = 800
 
 
 class SearchEngine(Protocol):
