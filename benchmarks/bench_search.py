@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge_app.gallery.search import ExactSearch, HnswSearch  # noqa: E402
+from edge_app.gallery.search import HNSW_EF_CONSTRUCTION, HNSW_M, ExactSearch, HnswSearch  # noqa: E402
 
 PER_IDENTITY = 3
 
@@ -179,9 +179,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="25000,250000,1000000")
     parser.add_argument("--real", type=Path, help="npz written by benchmarks/accuracy.py --cache")
     parser.add_argument("--queries", type=int, default=300)
-    parser.add_argument("--efs", default="50,100,200,400")
-    parser.add_argument("--m", type=int, default=32)
-    parser.add_argument("--ef-construction", type=int, default=200)
+    parser.add_argument("--efs", default="100,400,800")
+    parser.add_argument("--m", type=int, default=HNSW_M)
+    parser.add_argument("--ef-construction", type=int, default=HNSW_EF_CONSTRUCTION)
     parser.add_argument("--hnsw-max", type=int, default=1_000_000)
     args = parser.parse_args()
     args.efs = [int(v) for v in args.efs.split(",")]
