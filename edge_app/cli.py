@@ -67,6 +67,11 @@ def _load_gallery(bundle: Path, public_key: str | None, embedder_ref: dict):
 @click.option("--realtime", is_flag=True, help="Pace a video file at its own fps, dropping frames when behind.")
 @click.option("--public-key", help="Ed25519 public key (PEM file) the gallery must be signed with.")
 @click.option(
+    "--overlap-detection",
+    is_flag=True,
+    help="Detect the next frame in a second thread while this one is embedded (for devices with spare cores).",
+)
+@click.option(
     "--drain-timeout",
     type=click.FloatRange(min=0),
     default=5.0,
@@ -83,6 +88,7 @@ def run_command(
     max_frames: int | None,
     realtime: bool,
     public_key: str | None,
+    overlap_detection: bool,
     drain_timeout: float,
 ) -> None:
     """Detect, track and confirm faces from SRC against BUNDLE; confirmed matches go to the outbox
@@ -121,7 +127,9 @@ def run_command(
     except PublishError as error:
         raise click.ClickException(str(error)) from None
     try:
-        runner = EdgeRunner(config, models, live, pub, realtime=realtime, max_frames=max_frames)
+        runner = EdgeRunner(
+            config, models, live, pub, realtime=realtime, max_frames=max_frames, overlap=overlap_detection
+        )
         runner.open_cameras()
     except (SourceError, OutboxError) as error:
         pub.close()

@@ -35,7 +35,7 @@ def strangers_video(tmp_path_factory, faces_dir):
     return cached_scene(tmp_path_factory, faces_dir, "strangers")
 
 
-def run_pipeline(tmp_path, bundle, video, recognition=None, gallery=None, during=None):
+def run_pipeline(tmp_path, bundle, video, recognition=None, gallery=None, during=None, overlap=False):
     config = load_config(
         component_config={
             "device_id": "test-thing",
@@ -48,7 +48,7 @@ def run_pipeline(tmp_path, bundle, video, recognition=None, gallery=None, during
     )
     models = face_models()
     live = gallery or LiveGallery(Gallery.from_bundle(load_bundle(bundle)), embedder=models.embedder_ref)
-    runner = EdgeRunner(config, models, live, FilePublisher(config.file_path), status=None)
+    runner = EdgeRunner(config, models, live, FilePublisher(config.file_path), status=None, overlap=overlap)
     if during is not None:
         threading.Thread(target=during, args=(runner,), daemon=True).start()
     summary = runner.run()
@@ -174,3 +174,13 @@ def test_a_camera_added_while_running_is_processed_too(tmp_path, bundle, member_
     assert summary["frames_read"] == member_truth.frames + strangers_truth.frames
     assert set(runner.processor.trackers) == {"door", "yard"}
     assert [(e.camera_id, e.person_id) for e in events] == [("door", "barack_obama")]
+
+
+def test_overlapped_detection_gives_the_same_result_as_the_serial_loop(tmp_path, bundle, member_video):
+    video, truth = member_video
+    serial, serial_events, _ = run_pipeline(tmp_path / "serial", bundle, video)
+    overlapped, events, runner = run_pipeline(tmp_path / "overlap", bundle, video, overlap=True)
+    assert overlapped["frames_processed"] == truth.frames and overlapped["frames_dropped"] == 0
+    assert [e.person_id for e in events] == [e.person_id for e in serial_events] == ["barack_obama"]
+    assert overlapped["faces"] == serial["faces"]
+    assert runner.detect_error is None

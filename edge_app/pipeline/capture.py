@@ -41,6 +41,12 @@ class Frame:
     captured_wall: float
     video_time_s: float | None  # index / source fps for recorded files
 
+    @property
+    def clock(self) -> float:
+        """Seconds for tracking and cooldowns: the video's own time for a recorded file (so a
+        file gives the same result however fast it is processed), else the monotonic clock."""
+        return self.captured_mono if self.video_time_s is None else self.video_time_s
+
 
 class FrameSource:
     """Opens SRC and yields BGR frames. ``live`` sources are paced by the world, not by us."""

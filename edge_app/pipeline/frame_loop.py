@@ -23,6 +23,7 @@ from edge_app.outbox import Outbox
 from edge_app.pipeline.capture import Frame
 from edge_app.pipeline.events import build_event, face_crop
 from edge_app.pipeline.tracking import Confirmation, Tracker, vote_from_matches
+from models.faces import Face
 from models.quality import assess
 from models.thresholds import DEFAULT_THRESHOLD
 
@@ -84,25 +85,32 @@ class FrameProcessor:
     def active_tracks(self) -> int:
         return sum(len(t.tracks) for t in self.trackers.values())
 
-    def process(self, frame: Frame) -> list[EventRecord]:
+    def detect(self, frame: Frame) -> list[Face]:
+        started = time.perf_counter()
+        faces = self.models.detect(frame.image)
+        self.counters.detect_s += time.perf_counter() - started
+        return faces
+
+    def process(self, frame: Frame, faces: list[Face] | None = None) -> list[EventRecord]:
+        """Everything after detection (detects first unless ``faces`` are given)."""
         settings = self.settings
         gallery = self.live_gallery.current()  # one gallery for the whole frame, even during a swap
         threshold = self.threshold(settings)
         counters = self.counters
         counters.frames += 1
-
-        started = time.perf_counter()
-        faces = self.models.detect(frame.image)
-        counters.detect_s += time.perf_counter() - started
+        if faces is None:
+            faces = self.detect(frame)
         counters.faces += len(faces)
         self.last_faces = len(faces)
 
         tracker = self.tracker(frame.camera_id)
         tracks = tracker.associate(
-            [face.box for face in faces], frame.index, frame.captured_mono, frame.captured_wall, settings
+            [face.box for face in faces], frame.index, frame.clock, frame.captured_wall, settings
         )
         work = []
         for face, track in zip(faces, tracks, strict=True):
+            if track.started_mono is None:
+                track.started_mono = frame.captured_mono
             if not track.needs_embedding(settings):
                 continue
             aligned = self.models.align(frame.image, face)
@@ -123,13 +131,15 @@ class FrameProcessor:
         records = []
         for (face, track, _), vector, matches in zip(work, vectors, results, strict=True):
             track = tracker.split_if_other_person(
-                track, vector, frame.index, frame.captured_mono, frame.captured_wall, settings
+                track, vector, frame.index, frame.clock, frame.captured_wall, settings
             )
+            if track.started_mono is None:
+                track.started_mono = frame.captured_mono
             vote = vote_from_matches(matches, threshold, settings.margin)
             crop = None
             if vote.person_id is not None and settings.send_crop:
                 crop = face_crop(frame.image, face.box, settings.crop_max_px)
-            confirmation = tracker.add_vote(track, vector, vote, frame.captured_mono, settings, crop)
+            confirmation = tracker.add_vote(track, vector, vote, frame.clock, settings, crop)
             if confirmation is not None:
                 record = self._confirmed(confirmation, frame, gallery, threshold, settings)
                 if record is not None:
@@ -145,7 +155,7 @@ class FrameProcessor:
         event = build_event(confirmation, gallery, self.device_id, frame.camera_id, threshold, settings.send_crop)
         self.outbox.put(str(event.event_id), self.topic, event.to_json())
         track = confirmation.track
-        latency = time.monotonic() - track.first_seen_mono
+        latency = time.monotonic() - track.started_mono
         counters.events += 1
         counters.latencies_s.append(latency)
         counters.frames_to_confirm.append(frame.index - track.first_frame)

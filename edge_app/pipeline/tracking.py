@@ -27,6 +27,8 @@ import numpy as np
 from edge_app.config import RecognitionConfig
 
 Box = tuple[float, float, float, float]  # x, y, width, height
+# Times (``now_t``, ``*_seen_t``, timeouts, cooldowns) are seconds on the frame clock
+# (``Frame.clock``): the video's own time for a file, the monotonic clock for a camera.
 # Below this cosine two embeddings are treated as different people for association.
 SAME_TRACK_MIN_SIMILARITY = 0.25
 
@@ -42,15 +44,16 @@ class Track:
     track_id: int
     box: Box
     first_frame: int
-    first_seen_mono: float
+    first_seen_t: float
     first_seen_wall: float
     last_frame: int
-    last_seen_mono: float
+    last_seen_t: float
     last_seen_wall: float
     votes: deque = field(default_factory=deque)
     embedding: np.ndarray | None = None
     frames_since_embed: int = 0
     confirmed_person: str | None = None
+    started_mono: float | None = None  # monotonic time of the track's first frame, for latency
     # Best frame per voted person: (similarity, crop). Kept in memory only, and only for
     # faces that matched a gallery person: no stranger's face is retained.
     best_crops: dict[str, tuple[float, np.ndarray]] = field(default_factory=dict)
@@ -113,12 +116,10 @@ class Tracker:
         self._last_confirmed: dict[str, float] = {}  # person_id -> monotonic time
 
     def associate(
-        self, boxes: list[Box], frame: int, now_mono: float, now_wall: float, settings: RecognitionConfig
+        self, boxes: list[Box], frame: int, now_t: float, now_wall: float, settings: RecognitionConfig
     ) -> list[Track]:
         """The track of each box (new tracks for unmatched boxes); stale tracks are dropped."""
-        for track_id in [
-            t for t, track in self.tracks.items() if now_mono - track.last_seen_mono > settings.track_timeout_s
-        ]:
+        for track_id in [t for t, track in self.tracks.items() if now_t - track.last_seen_t > settings.track_timeout_s]:
             del self.tracks[track_id]
         candidates = []
         for box_index, box in enumerate(boxes):
@@ -139,21 +140,21 @@ class Tracker:
         for box_index, box in enumerate(boxes):
             track = assigned.get(box_index)
             if track is None:
-                track = self._new_track(box, frame, now_mono, now_wall, settings)
+                track = self._new_track(box, frame, now_t, now_wall, settings)
             else:
                 track.box = box
-                track.last_frame, track.last_seen_mono, track.last_seen_wall = frame, now_mono, now_wall
+                track.last_frame, track.last_seen_t, track.last_seen_wall = frame, now_t, now_wall
                 track.frames_since_embed += 1
             result.append(track)
         return result
 
     def split_if_other_person(
-        self, track: Track, embedding: np.ndarray, frame: int, now_mono: float, now_wall: float, settings
+        self, track: Track, embedding: np.ndarray, frame: int, now_t: float, now_wall: float, settings
     ) -> Track:
         """A new track when ``embedding`` clearly belongs to someone else than ``track``."""
         if track.embedding is not None and float(np.dot(track.embedding, embedding)) < SAME_TRACK_MIN_SIMILARITY:
             del self.tracks[track.track_id]
-            return self._new_track(track.box, frame, now_mono, now_wall, settings)
+            return self._new_track(track.box, frame, now_t, now_wall, settings)
         return track
 
     def add_vote(
@@ -161,7 +162,7 @@ class Tracker:
         track: Track,
         embedding: np.ndarray,
         vote: Vote,
-        now_mono: float,
+        now_t: float,
         settings: RecognitionConfig,
         crop: np.ndarray | None = None,
     ) -> Confirmation | None:
@@ -186,9 +187,9 @@ class Tracker:
             return None
         track.confirmed_person = person_id
         last = self._last_confirmed.get(person_id)
-        in_cooldown = last is not None and now_mono - last < settings.cooldown_s
+        in_cooldown = last is not None and now_t - last < settings.cooldown_s
         if not in_cooldown:
-            self._last_confirmed[person_id] = now_mono
+            self._last_confirmed[person_id] = now_t
         return Confirmation(
             track=track,
             person_id=person_id,
@@ -198,9 +199,9 @@ class Tracker:
             in_cooldown=in_cooldown,
         )
 
-    def in_cooldown(self, person_id: str, now_mono: float, settings: RecognitionConfig) -> bool:
+    def in_cooldown(self, person_id: str, now_t: float, settings: RecognitionConfig) -> bool:
         last = self._last_confirmed.get(person_id)
-        return last is not None and now_mono - last < settings.cooldown_s
+        return last is not None and now_t - last < settings.cooldown_s
 
     @staticmethod
     def _leader(votes) -> tuple[str | None, list[float]]:
@@ -210,15 +211,15 @@ class Tracker:
         person_id = next(iter(counts))
         return person_id, [v.similarity for v in votes if v.person_id == person_id]
 
-    def _new_track(self, box: Box, frame: int, now_mono: float, now_wall: float, settings) -> Track:
+    def _new_track(self, box: Box, frame: int, now_t: float, now_wall: float, settings) -> Track:
         track = Track(
             track_id=self._next_id,
             box=box,
             first_frame=frame,
-            first_seen_mono=now_mono,
+            first_seen_t=now_t,
             first_seen_wall=now_wall,
             last_frame=frame,
-            last_seen_mono=now_mono,
+            last_seen_t=now_t,
             last_seen_wall=now_wall,
             votes=deque(maxlen=settings.confirm_window),
         )
