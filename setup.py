@@ -36,6 +36,8 @@ DEV = [
     "moto[server]>=5.0,<6",
     "cfn-lint>=1.0,<2",
     "ruff>=0.6",
+    # Tail fits (generalised Pareto) for the threshold calibration: benchmarks/accuracy.py.
+    "scipy>=1.11,<2",
 ]
 
 setup(
