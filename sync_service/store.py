@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edge_app.gallery.bundle import atomic_write_bytes
 from sync_service.sources.photos import inspect_photo
 from sync_service.sources.records import SOURCES, PersonRecord
 
@@ -203,20 +203,8 @@ class LocalStore(Store):
             return None
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Temp file in the same folder, flushed to disk, then renamed over the target:
-        # after a crash the old or the new file is there, never a half-written one.
-        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        # After a crash the old or the new file is there, never a half-written one.
+        atomic_write_bytes(self._path(key), data)
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
+from edge_app.gallery.bundle import atomic_write_bytes
+
 BASE = "{{BASE}}"
 DEFAULT_MODIFIED = "2026-01-15T10:00:00.000"
 
@@ -279,7 +281,4 @@ def _write_interpol(root: Path, case: FixtureCase) -> None:
 
 
 def _write_json(path: Path, value: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_text(json.dumps(value, indent=1))
-    os.replace(temp, path)
+    atomic_write_bytes(path, json.dumps(value, indent=1).encode())
