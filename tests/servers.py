@@ -148,6 +148,26 @@ class Mosquitto:
         }
 
 
+# moto's server is threaded and its DynamoDB evaluates a ConditionExpression and writes
+# without a lock, so two concurrent conditional writes to one item can both succeed:
+# real DynamoDB never allows that, and the duplicate and cooldown checks rest on it.
+# Our moto runs each request under one lock (one item write at a time, as in DynamoDB).
+SERIALIZED_MOTO = """
+import sys, threading
+import moto.server as server
+run_simple, lock = server.run_simple, threading.Lock()
+
+def serialized(host, port, app, **options):
+    def one_at_a_time(environ, start_response):
+        with lock:
+            return list(app(environ, start_response))
+    return run_simple(host, port, one_at_a_time, **options)
+
+server.run_simple = serialized
+server.main(sys.argv[1:])
+"""
+
+
 class MotoServer:
     """moto in server mode; boto3 reaches it through AWS_ENDPOINT_URL."""
 
@@ -159,7 +179,7 @@ class MotoServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-c", SERIALIZED_MOTO, "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=open(self.log, "ab"),
             stderr=subprocess.STDOUT,
         )

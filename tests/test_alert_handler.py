@@ -9,8 +9,6 @@ import base64
 import json
 import logging
 import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -34,7 +32,7 @@ from sync_service.alerts.sms import segment_count
 from sync_service.alerts.stores import read_sms_sink
 from sync_service.dev_servers.fixtures import FixtureCase, write_fixture_cases
 from sync_service.dev_servers.server import Faults, SourceServer
-from tests.servers import MotoServer, free_port
+from tests.servers import free_port
 
 PHONE = "+15555550123"
 SITES = Sites.model_validate(
@@ -90,63 +88,6 @@ class NamusDev:
 
     def close(self) -> None:
         self.server.stop()
-
-
-# moto's server is threaded and its DynamoDB evaluates a ConditionExpression and writes
-# without a lock, so two concurrent conditional writes to one item can both succeed:
-# real DynamoDB never allows that, and the duplicate and cooldown checks rest on it.
-# This moto runs each request under one lock (one item write at a time, as in DynamoDB).
-SERIALIZED_MOTO = """
-import sys, threading
-import moto.server as server
-run_simple, lock = server.run_simple, threading.Lock()
-
-def serialized(host, port, app, **options):
-    def one_at_a_time(environ, start_response):
-        with lock:
-            return list(app(environ, start_response))
-    return run_simple(host, port, one_at_a_time, **options)
-
-server.run_simple = serialized
-server.main(sys.argv[1:])
-"""
-
-
-class SerializedMotoServer(MotoServer):
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", SERIALIZED_MOTO, "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=open(self.log, "ab"),
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.url}/moto-api/data.json", timeout=1).ok:
-                    return
-            except requests.RequestException:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"moto server did not start: {self.log.read_text()[-2000:]}")
-
-
-@pytest.fixture(scope="session")
-def serialized_moto(tmp_path_factory) -> Iterator[MotoServer]:
-    server = SerializedMotoServer(tmp_path_factory.mktemp("moto-serialized"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture()
-def aws(serialized_moto, monkeypatch) -> MotoServer:
-    """boto3 pointed at a freshly reset (serialized) moto server; overrides conftest's ``aws``."""
-    serialized_moto.reset()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", serialized_moto.url)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    return serialized_moto
 
 
 @pytest.fixture(scope="module")

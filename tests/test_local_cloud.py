@@ -27,7 +27,7 @@ from sync_service.alerts.handler import build_service
 from sync_service.alerts.local import LocalRuleEngine, MqttSettings, create_aws_resources
 from sync_service.alerts.stores import read_sms_sink
 from tests.servers import free_port
-from tests.test_alert_handler import PHONE, SITES, aws, make_event, namus, serialized_moto  # noqa: F401  (fixtures)
+from tests.test_alert_handler import PHONE, SITES, make_event, namus  # noqa: F401  (fixtures)
 
 MPD = str(Path(sys.executable).parent / "mpd")
 
