@@ -48,7 +48,11 @@ setup(
     packages=find_packages(include=["edge_app*", "models*", "sync_service*", "greengrass*", "demo*"]),
     py_modules=["mpd_cli"],
     include_package_data=True,
-    package_data={"greengrass": ["*.yaml", "*.json", "recipes/*", "schema/*"], "sync_service": ["**/*.json"]},
+    package_data={
+        "greengrass": ["*.yaml", "*.json", "recipes/*", "schema/*"],
+        "sync_service": ["**/*.json"],
+        "models": ["*.json"],  # impostor_tail.json: the threshold calibration
+    },
     install_requires=DEVICE + LARGE_GALLERY + GREENGRASS,
     extras_require={
         "cloud": CLOUD,
