@@ -1,9 +1,11 @@
 """``mpd identify --bundle BUNDLE [--threshold T] PATH...``: who is in these photos?
 
-Prints one JSON line per image. A file that cannot be used (not an image, truncated,
-too large) gives an error line and the run goes on; the exit status is 1 if any
-image failed, so scripts notice. For an unknown or rejected face no gallery person
-is named: a stranger is not linked to anyone, even as "nearest".
+Prints one JSON line per image, with the threshold applied: without ``--threshold`` the
+one calibrated for the bundle's number of persons (models.thresholds.threshold_for_gallery).
+A file that cannot be used (not an image, truncated, too large) gives an error line and
+the run goes on; the exit status is 1 if any image failed, so scripts notice. For an
+unknown or rejected face no gallery person is named: a stranger is not linked to anyone,
+even as "nearest".
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from edge_app.gallery.bundle import BundleError, ModelRef, load_bundle
 from edge_app.gallery.gallery import Gallery
 from models.images import ImageError, load_image
 from models.recognizer import FaceModels
-from models.thresholds import DEFAULT_THRESHOLD
+from models.thresholds import threshold_for_gallery
 from models.weights import ModelFileError
 
 
@@ -89,21 +91,23 @@ def open_gallery(bundle: Path, models: FaceModels) -> Gallery:
 @click.option(
     "--threshold",
     type=click.FloatRange(-1.0, 1.0),
-    default=DEFAULT_THRESHOLD,
-    show_default=True,
-    help="Cosine similarity needed for a match (default calibrated for 25k persons, docs/recognition.md).",
+    default=None,
+    help="Cosine similarity needed for a match [default: calibrated for the bundle's number of persons, "
+    "docs/recognition.md].",
 )
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-def identify_command(bundle: Path, threshold: float, paths: tuple[Path, ...]) -> None:
+def identify_command(bundle: Path, threshold: float | None, paths: tuple[Path, ...]) -> None:
     """Identify faces in photos (files or folders) against a gallery bundle; one JSON line per image."""
     try:
         models = FaceModels.load()
         gallery = open_gallery(bundle, models)
     except (BundleError, ModelFileError) as error:
         raise click.ClickException(str(error)) from None
+    if threshold is None:
+        threshold = threshold_for_gallery(len(gallery))
     failures = 0
     for path in expand_paths(paths):
-        line: dict = {"image": str(path)}
+        line: dict = {"image": str(path), "threshold": threshold}
         try:
             line["faces"] = identify_image(models, gallery, load_image(path), threshold)
         except ImageError as error:

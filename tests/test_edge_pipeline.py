@@ -6,15 +6,18 @@ import base64
 import json
 import threading
 
+import numpy as np
 import pytest
 
-from edge_app.config import ConfigError, load_config
-from edge_app.gallery.bundle import load_bundle
+from edge_app.config import ConfigError, RecognitionConfig, load_config
+from edge_app.gallery.bundle import ModelRef, PersonRow, load_bundle
 from edge_app.gallery.gallery import Gallery
 from edge_app.gallery.live import LiveGallery
 from edge_app.match_event import MAX_CROP_BYTES, MatchEvent
+from edge_app.pipeline.frame_loop import FrameProcessor
 from edge_app.pipeline.runner import EdgeRunner
 from edge_app.publishers.local import FilePublisher
+from models.thresholds import DEFAULT_THRESHOLD, threshold_for_gallery
 from tests.test_edge_fixtures import MEMBERS, TEST_THRESHOLD, build_bundle, cached_bundle, cached_scene, face_models
 
 FPS = 15
@@ -69,6 +72,7 @@ def test_a_gallery_person_walking_through_gives_one_event_per_cooldown(tmp_path,
     event = events[0]
     assert event.device_id == "test-thing" and event.camera_id == "door"
     assert event.best_similarity >= event.threshold and event.frames_used >= 3
+    assert event.threshold == TEST_THRESHOLD, "a configured threshold is the one applied"
     assert event.gallery_version == "test-1" and event.first_seen <= event.last_seen
     # Confirmed within one second of the face's first frame (ground truth) at 15 fps.
     first_visible = truth.appearances()["barack_obama"][0]
@@ -78,6 +82,38 @@ def test_a_gallery_person_walking_through_gives_one_event_per_cooldown(tmp_path,
     # With a cooldown shorter than the gap between the visits, each visit is an event.
     summary, events, _ = run_pipeline(tmp_path / "short", bundle, video, recognition={"cooldown_s": 1})
     assert [e.person_id for e in events] == ["barack_obama", "barack_obama"]
+
+
+def test_without_a_configured_threshold_the_one_for_the_gallery_size_is_applied(tmp_path, bundle, member_video):
+    video, _ = member_video
+    expected = threshold_for_gallery(len(MEMBERS))
+    assert expected not in (TEST_THRESHOLD, DEFAULT_THRESHOLD), "the event must show which threshold was used"
+    summary, events, runner = run_pipeline(tmp_path, bundle, video, recognition={"threshold": None})
+    assert [e.person_id for e in events] == ["barack_obama"]
+    assert events[0].threshold == expected and events[0].best_similarity >= expected
+    assert runner.processor.threshold() == expected
+
+
+def random_gallery(persons: int, version: str) -> Gallery:
+    rng = np.random.default_rng(persons)
+    vectors = rng.standard_normal((persons, 128)).astype(np.float32)
+    ids = [f"p{i}" for i in range(persons)]
+    return Gallery(
+        vectors / np.linalg.norm(vectors, axis=1, keepdims=True),
+        ids,
+        {pid: PersonRow(person_id=pid) for pid in ids},
+        version=version,
+        embedder=ModelRef(id="sface", sha256="0" * 64),
+    )
+
+
+def test_the_device_threshold_follows_the_live_gallery_unless_configured():
+    live = LiveGallery(random_gallery(12, "v1"))
+    processor = FrameProcessor(None, live, None, "dev", RecognitionConfig())
+    assert processor.threshold() == threshold_for_gallery(12)
+    live.swap(random_gallery(5_000, "v2"))  # the nightly sync swaps in a bigger gallery
+    assert processor.threshold() == threshold_for_gallery(5_000) > threshold_for_gallery(12)
+    assert processor.threshold(RecognitionConfig(threshold=0.6)) == 0.6
 
 
 def test_a_video_of_strangers_gives_no_event(tmp_path, bundle, strangers_video):

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from edge_app.identify import identify_command
-from models.thresholds import DEFAULT_THRESHOLD, SFACE_PAIR_THRESHOLD
+from models.thresholds import DEFAULT_THRESHOLD, SFACE_PAIR_THRESHOLD, threshold_for_gallery
 from sync_service.gallery.cli import gallery_group
 
 ENROLLED = {"barack_obama": ["1.jpg", "2.jpg"], "katy_perry": ["1.jpg", "2.jpg", "3.jpg"]}
@@ -68,10 +68,12 @@ def test_threshold_option_changes_the_decision(bundle, faces_dir):
     obama = faces_dir / "gallery" / "barack_obama" / "3.jpg"
     _, lines = run(bundle, obama, threshold=0.999)
     assert lines[0]["faces"][0]["decision"] == "unknown"
-    # The default is the calibrated one, stricter than the pairwise 0.363.
+    # The default is the one calibrated for the bundle's size, never below the pairwise 0.363.
     _, default = run(bundle, obama)
-    _, loose = run(bundle, obama, threshold=DEFAULT_THRESHOLD)
-    assert default == loose and DEFAULT_THRESHOLD > SFACE_PAIR_THRESHOLD
+    expected = threshold_for_gallery(len(ENROLLED))
+    _, explicit = run(bundle, obama, threshold=expected)
+    assert default == explicit and default[0]["threshold"] == expected >= SFACE_PAIR_THRESHOLD
+    assert expected < DEFAULT_THRESHOLD
 
 
 def test_bad_files_give_error_lines_and_the_run_goes_on(bundle, faces_dir, tmp_path):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_app.config import RecognitionConfig
+from edge_app.gallery.gallery import Gallery
 from edge_app.gallery.live import LiveGallery
 from edge_app.match_event import match_topic
 from edge_app.outbox import Outbox
@@ -25,7 +26,7 @@ from edge_app.pipeline.events import build_event, face_crop
 from edge_app.pipeline.tracking import Confirmation, Tracker, vote_from_matches
 from models.faces import Face
 from models.quality import assess
-from models.thresholds import DEFAULT_THRESHOLD
+from models.thresholds import threshold_for_gallery
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,20 @@ class FrameProcessor:
         self.counters = Counters()
         self.events: list[EventRecord] = []
         self.last_faces = 0
+        self._size_threshold: tuple[tuple[str, int], float] | None = None  # ((version, persons), threshold)
 
-    def threshold(self, settings: RecognitionConfig | None = None) -> float:
+    def threshold(self, settings: RecognitionConfig | None = None, gallery: Gallery | None = None) -> float:
+        """The configured threshold, or (none configured) the one calibrated for the size of
+        ``gallery`` (default: the live one): the same false-match budget per stranger allows
+        a lower threshold for fewer persons. Cached per gallery, since galleries swap live."""
         settings = settings or self.settings
-        return DEFAULT_THRESHOLD if settings.threshold is None else settings.threshold
+        if settings.threshold is not None:
+            return settings.threshold
+        gallery = gallery or self.live_gallery.current()
+        key = (gallery.version, len(gallery))
+        if self._size_threshold is None or self._size_threshold[0] != key:
+            self._size_threshold = (key, threshold_for_gallery(len(gallery)))
+        return self._size_threshold[1]
 
     def tracker(self, camera_id: str) -> Tracker:
         tracker = self.trackers.get(camera_id)
@@ -95,7 +106,7 @@ class FrameProcessor:
         """Everything after detection (detects first unless ``faces`` are given)."""
         settings = self.settings
         gallery = self.live_gallery.current()  # one gallery for the whole frame, even during a swap
-        threshold = self.threshold(settings)
+        threshold = self.threshold(settings, gallery)
         counters = self.counters
         counters.frames += 1
         if faces is None:
