@@ -51,7 +51,7 @@ from edge_app.pipeline.tracking import Tracker, iou, vote_from_matches  # noqa: 
 from edge_app.publishers.local import FilePublisher  # noqa: E402
 from models.quality import assess  # noqa: E402
 from models.recognizer import FaceModels  # noqa: E402
-from models.thresholds import DEFAULT_THRESHOLD  # noqa: E402
+from models.thresholds import DEFAULT_THRESHOLD, threshold_for_gallery  # noqa: E402
 
 FACES = Path(os.environ.get("MPD_SHARED_DATA", REPO.parent / "shared" / "data")) / "faces"
 FPS = 15.0
@@ -66,7 +66,9 @@ STRANGERS = [
     "lin_manuel_miranda", "mary_katherine_smart", "nathalie_baye", "paul_rudd", "shea_whigham", "steve_carell",
     "teresa_williams", "tom_cruise", "tom_hanks", "joe_biden", "rob_lowe", "rose_leslie",
 ]  # fmt: skip
-THRESHOLDS = [0.30, 0.33, 0.363, 0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 0.70, 0.75, 0.80, 0.82]
+# The device default for the members' gallery (calibrated for its size) is in the grid.
+MEMBERS_THRESHOLD = threshold_for_gallery(len(MEMBERS))
+THRESHOLDS = sorted({0.30, 0.33, 0.363, 0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 0.70, 0.75, 0.80, 0.82, MEMBERS_THRESHOLD})
 COUNTS = [(1, 1), (2, 3), (2, 5), (3, 4), (3, 5), (3, 7), (4, 6), (5, 8)]
 
 
@@ -252,7 +254,7 @@ def bench_latency(models, bundle: Path, videos: list, work: Path, threshold: flo
             frames_after_visible.append(record.confirm_frame - first)
     ordered = sorted(latencies)
     return {
-        "threshold": threshold if threshold is not None else DEFAULT_THRESHOLD,
+        "threshold": threshold if threshold is not None else MEMBERS_THRESHOLD,
         "samples": len(latencies),
         "first_frame_to_outbox_s_median": round(statistics.median(latencies), 3) if latencies else None,
         "first_frame_to_outbox_s_p95": round(ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))], 3)
@@ -408,7 +410,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path)
     parser.add_argument(
-        "--latency-threshold", type=float, help="threshold for the latency runs (default: the device default)"
+        "--latency-threshold",
+        type=float,
+        help="threshold for the latency runs (default: the device default for the members' gallery size)",
     )
     parser.add_argument("--skip", nargs="*", default=[], choices=["speed", "latency", "memory", "confirmation"])
     args = parser.parse_args()
@@ -418,6 +422,7 @@ def main() -> None:
     result: dict = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "default_threshold": DEFAULT_THRESHOLD,
+        "members_gallery_threshold": MEMBERS_THRESHOLD,
         "defaults": load_config().recognition.model_dump(),
     }
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
