@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 # Keys a running pipeline applies without a restart (Greengrass configuration updates).
@@ -86,6 +86,43 @@ class MqttConfig(BaseModel):
     ack_timeout_s: float = Field(default=10.0, gt=0.0, le=300.0)
 
 
+class GalleryConfig(BaseModel):
+    """The gallery sync agent inside ``mpd edge run`` (docs/gallery.md). With no source the
+    pipeline runs on the bundle it started with; with one it keeps the gallery fresh."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str = ""  # gallery root: a folder, http(s):// or s3://bucket/prefix; "" = no sync
+    dir: Path | None = None  # the device gallery directory (versions/, current); --bundle overrides
+    public_key: str = ""  # Ed25519 public key: a PEM file path or the PEM text itself
+    interval_s: float = Field(default=3600.0, ge=1.0, le=7 * 86400)  # seconds between polls of latest.json
+    announcements: bool = False  # also sync on the retained mpd/gallery/latest message (uses mqtt.*)
+
+    @field_validator("source")
+    @classmethod
+    def _known_scheme(cls, source: str) -> str:
+        if "://" in source and not source.startswith(("http://", "https://", "s3://")):
+            raise ValueError("use a folder, http(s):// or s3:// location")
+        return source
+
+    @field_validator("public_key")
+    @classmethod
+    def _key_loads(cls, public_key: str) -> str:
+        if public_key:
+            from edge_app.gallery.bundle import BundleError
+            from edge_app.gallery.install import load_public_key
+
+            try:
+                load_public_key(public_key_material(public_key))
+            except BundleError as error:
+                raise ValueError(str(error)) from None
+        return public_key
+
+
+def public_key_material(value: str) -> str | bytes:
+    """PEM text as bytes, anything else as a file path (what ``load_public_key`` takes)."""
+    return value.encode() if value.lstrip().startswith("-----BEGIN") else value
+
+
 class EdgeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
@@ -102,13 +139,17 @@ class EdgeConfig(BaseModel):
     file_path: Path = Path("mpd-events.jsonl")
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     health_interval_s: float = Field(default=60.0, gt=0.0, le=86_400.0)
+    gallery: GalleryConfig = Field(default_factory=GalleryConfig)
 
     @model_validator(mode="after")
     def _publisher_is_usable(self) -> EdgeConfig:
-        if self.publisher == "mqtt":
+        # The mqtt publisher and the gallery announcement listener connect with the same identity.
+        mqtt_users = ["publisher 'mqtt'"] if self.publisher == "mqtt" else []
+        mqtt_users += ["gallery.announcements"] if self.gallery.announcements else []
+        for user in mqtt_users:
             missing = [name for name in ("host", "ca", "cert", "key") if not getattr(self.mqtt, name)]
             if missing:
-                raise ValueError(f"publisher 'mqtt' needs mqtt.{', mqtt.'.join(missing)}")
+                raise ValueError(f"{user} needs mqtt.{', mqtt.'.join(missing)}")
             for name in ("ca", "cert", "key"):
                 path = getattr(self.mqtt, name)
                 if not Path(path).is_file():
