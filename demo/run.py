@@ -142,17 +142,21 @@ def make_video(path: Path, persons: list[tuple[str, list[Path]]], strangers: lis
     return make_scene(actors, path, seconds=8.5)
 
 
-def contact_sheet(video: Path, gallery_dir: Path, public_key: Path, out: Path, threshold: float) -> int:
-    """Boxes, names and similarities on frames sampled from the demo's own video."""
+def contact_sheet(video: Path, gallery_dir: Path, public_key: Path, out: Path, threshold: float | None = None) -> int:
+    """Boxes, names and similarities on frames sampled from the demo's own video; by default
+    at the threshold the device applies to this gallery (calibrated for its size)."""
     import cv2
     import numpy as np
 
     from edge_app.gallery.gallery import Gallery
     from edge_app.gallery.install import GalleryDir, load_public_key
     from models.recognizer import FaceModels
+    from models.thresholds import threshold_for_gallery
 
     models = FaceModels.load()
     gallery = Gallery.from_bundle(GalleryDir(gallery_dir, load_public_key(public_key)).load())
+    if threshold is None:
+        threshold = threshold_for_gallery(len(gallery))
     capture = cv2.VideoCapture(str(video))
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     tiles = []
@@ -293,10 +297,8 @@ def demo_command(photos: Path | None, video: Path | None, workdir: Path, keep: b
     finally:
         server.stop()
     with report.step(9, total, "Drawing a contact sheet of what the camera saw"):
-        from models.thresholds import DEFAULT_THRESHOLD
-
         sheet = work / "contact-sheet.png"
-        contact_sheet(video, work / "device/gallery", work / "keys/gallery.pub", sheet, DEFAULT_THRESHOLD)
+        contact_sheet(video, work / "device/gallery", work / "keys/gallery.pub", sheet)
     print_report(report, work)
 
 
