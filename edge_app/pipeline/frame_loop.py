@@ -81,7 +81,8 @@ class FrameProcessor:
         settings = settings or self.settings
         if settings.threshold is not None:
             return settings.threshold
-        gallery = gallery or self.live_gallery.current()
+        if gallery is None:  # not ``or``: an empty Gallery is falsy (len 0)
+            gallery = self.live_gallery.current()
         key = (gallery.version, len(gallery))
         if self._size_threshold is None or self._size_threshold[0] != key:
             self._size_threshold = (key, threshold_for_gallery(len(gallery)))
