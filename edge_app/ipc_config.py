@@ -21,24 +21,17 @@ component. ``gallery`` is still checked here, so a deployment with an unreadable
 key or an unknown source is rejected instead of breaking the device. Numbers arrive as
 strings (recipe convention); the pydantic device model parses them.
 
-Two ways to keep a pipeline in step:
-- in process: ``attach_to_runner(runner)`` applies updates to a running ``EdgeRunner``
-  through ``runner.apply_update`` (no restart);
-- beside it: ``python -m edge_app.ipc_config watch FILE`` keeps FILE (read by
-  ``mpd edge run --config FILE``) equal to the validated configuration and exits with
-  status 3 after an accepted change, so the component's Run step restarts the pipeline
-  on it. This is what the Run step uses while ``mpd edge run`` does not attach itself.
-Both fail with a clear message outside Greengrass.
+``mpd edge run`` keeps itself in step in process: ``attach_to_runner(runner)`` applies
+updates to the running ``EdgeRunner`` through ``runner.apply_update`` (no restart). It
+fails with a clear message outside Greengrass.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -243,78 +236,3 @@ def attach_to_runner(runner, component: ComponentConfiguration | None = None) ->
         current=component.read(),
     )
     return component
-
-
-def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Readers see the old or the new configuration file, never part of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def watch_into_file(component: ComponentConfiguration, path: Path, stop: threading.Event | None = None) -> bool:
-    """Keep ``path`` equal to the device part of the component configuration, for a
-    pipeline that reads its configuration from a file at start (``mpd edge run --config``).
-
-    Proposed updates are validated as a whole device configuration (``load_config``);
-    an invalid one is rejected and the file keeps the running configuration. Returns True
-    as soon as an accepted update has been written (the caller restarts the pipeline on
-    it), False when ``stop`` is set first.
-    """
-    from edge_app.config import load_config
-
-    stop = stop or threading.Event()
-    changed = threading.Event()
-
-    def write(update: dict[str, Any]) -> None:
-        write_json_atomic(path, update)
-        changed.set()
-
-    current = component.read()
-    write_json_atomic(path, current)
-    component.watch(validate=lambda update: load_config(component_config=update), apply=write, current=current)
-    while not (changed.is_set() or stop.is_set()):
-        changed.wait(0.5)
-    return changed.is_set()
-
-
-# Exit status of ``watch`` when the configuration file changed: restart the pipeline on it.
-CONFIG_CHANGED = 3
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m edge_app.ipc_config [watch] FILE``: write the device part of this
-    component's configuration to FILE; with ``watch``, keep validating updates and exit
-    with status 3 once an accepted one has been written."""
-    import sys
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    watch = bool(args) and args[0] == "watch"
-    if watch:
-        args = args[1:]
-    if len(args) != 1:
-        sys.exit("usage: python -m edge_app.ipc_config [watch] FILE")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        component = ComponentConfiguration.connect()
-    except IpcConfigError as error:
-        sys.exit(f"mpd: component configuration: {error}")
-    try:
-        if not watch:
-            write_json_atomic(Path(args[0]), component.read())
-            return
-        if watch_into_file(component, Path(args[0])):
-            sys.exit(CONFIG_CHANGED)
-    except (IpcConfigError, OSError) as error:
-        sys.exit(f"mpd: component configuration: {error}")
-    finally:
-        component.close()
-
-
-if __name__ == "__main__":
-    main()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy
-import json
 import threading
 import time
 
@@ -377,53 +376,3 @@ def test_gallery_settings_are_checked_but_left_to_the_run_step(watched, nucleus,
 def test_bad_gallery_settings_are_rejected(watched, nucleus, gallery, expected):
     assert nucleus.deploy({"gallery": gallery}, "bad-gallery") == "FAILED"
     assert expected in nucleus.reports[-1].message
-
-
-def _run_watcher(ipc, path):
-    """``watch_into_file`` in a thread, as ``python -m edge_app.ipc_config watch`` runs it."""
-    stop = threading.Event()
-    outcome: dict = {}
-    thread = threading.Thread(
-        target=lambda: outcome.setdefault(
-            "changed", ipc_config.watch_into_file(ComponentConfiguration(ipc), path, stop)
-        ),
-        daemon=True,
-    )
-    thread.start()
-    _wait_until(lambda: path.exists())
-    return stop, thread, outcome
-
-
-def test_watcher_keeps_the_config_file_validated_and_reports_a_change(ipc, nucleus, defaults, tmp_path):
-    path = tmp_path / "component-config.json"
-    stop, thread, outcome = _run_watcher(ipc, path)
-    first = json.loads(path.read_text())
-    assert first == ipc_config.device_part(defaults)
-    assert load_config(path).publisher == "greengrass"  # what `mpd edge run --config` will read
-
-    assert nucleus.deploy({"recognition": {"threshold": "2"}}, "bad") == "FAILED"
-    assert "recognition.threshold = '2'" in nucleus.reports[-1].message
-    time.sleep(0.2)
-    assert json.loads(path.read_text()) == first and thread.is_alive()
-
-    # Applied by a restart, so keys that need one are fine here.
-    assert nucleus.deploy({"outbox": {"path": "/data/outbox.sqlite3"}}, "good") == "SUCCEEDED"
-    thread.join(10)
-    assert outcome == {"changed": True}
-    assert json.loads(path.read_text())["outbox"] == {"path": "/data/outbox.sqlite3"}
-    stop.set()
-
-
-def test_watcher_stops_without_a_change(ipc, tmp_path):
-    stop, thread, outcome = _run_watcher(ipc, tmp_path / "component-config.json")
-    stop.set()
-    thread.join(10)
-    assert outcome == {"changed": False}
-
-
-def test_module_entry_point_fails_clearly_outside_greengrass(monkeypatch, tmp_path, capsys):
-    monkeypatch.delenv("SVCUID", raising=False)
-    with pytest.raises(SystemExit) as exit_info:
-        ipc_config.main(["watch", str(tmp_path / "c.json")])
-    assert "not running as a Greengrass v2 component (SVCUID" in str(exit_info.value.code)
-    assert not (tmp_path / "c.json").exists()
