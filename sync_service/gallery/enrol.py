@@ -148,6 +148,14 @@ def choose_subject(
     return int(order[0]), None
 
 
+def choose_subjects(photos: list[tuple[list[Candidate], tuple[int, int]]]) -> list[tuple[int, str]]:
+    """``choose_subject`` for each of one person's photos (candidates, (width, height)),
+    with the photos that show a single usable face defining what the person looks like."""
+    singles = [candidates[0].vector for candidates, _ in photos if len(candidates) == 1]
+    reference = _unit(np.mean(singles, axis=0)) if singles else None
+    return [choose_subject(candidates, size, reference) for candidates, size in photos]
+
+
 def enrol_person(models: FaceModels, photos: list[Path | str], images: dict | None = None) -> list[PhotoResult]:
     """Choose and embed the subject's face in each of one person's photos.
 
@@ -173,11 +181,8 @@ def enrol_person(models: FaceModels, photos: list[Path | str], images: dict | No
             results[name] = PhotoResult(name, "no_face", faces=len(faces), reason=reason)
             continue
         decoded[name] = (usable, faces, (image.shape[1], image.shape[0]))
-    # Photos with one usable face define what the person looks like.
-    singles = [usable[0].vector for usable, _, _ in decoded.values() if len(usable) == 1]
-    reference = _unit(np.mean(singles, axis=0)) if singles else None
-    for name, (usable, faces, size) in decoded.items():
-        index, doubt = choose_subject(usable, size, reference)
+    choices = choose_subjects([(usable, size) for usable, _, size in decoded.values()])
+    for (name, (usable, faces, _)), (index, doubt) in zip(decoded.items(), choices, strict=True):
         chosen = usable[index]
         results[name] = PhotoResult(
             name,

@@ -161,22 +161,20 @@ def embed_photo_with(models) -> Callable[[bytes], PhotoFaces]:
 def person_vectors(photos: list[PhotoFaces], template: str, dimension: int) -> np.ndarray:
     """The subject's vector from each photo (``enrol``'s choice rule), then the template."""
     from models.faces import Face
-    from sync_service.gallery.enrol import Candidate, choose_subject, templates
+    from sync_service.gallery.enrol import Candidate, choose_subjects, templates
 
     usable = [p for p in photos if len(p.vectors)]
-    singles = [p.vectors[0] for p in usable if len(p.vectors) == 1]
-    reference = None
-    if singles:
-        mean = np.mean(singles, axis=0)
-        reference = (mean / np.linalg.norm(mean)).astype(np.float32)
-    chosen = []
-    for photo in usable:
-        candidates = [
-            Candidate(Face(tuple(float(v) for v in box), np.zeros((5, 2), np.float32), 1.0), vector)
-            for vector, box in zip(photo.vectors, photo.boxes, strict=True)
-        ]
-        index, _ = choose_subject(candidates, photo.size, reference)
-        chosen.append(photo.vectors[index])
+    candidates = [
+        (
+            [
+                Candidate(Face(tuple(float(v) for v in box), np.zeros((5, 2), np.float32), 1.0), vector)
+                for vector, box in zip(photo.vectors, photo.boxes, strict=True)
+            ],
+            photo.size,
+        )
+        for photo in usable
+    ]
+    chosen = [photo.vectors[index] for photo, (index, _) in zip(usable, choose_subjects(candidates), strict=True)]
     return templates(chosen, template) if chosen else np.zeros((0, dimension), np.float32)
 
 
