@@ -11,7 +11,7 @@ import re
 from datetime import UTC, date, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 SourceName = Literal["namus", "fbi", "interpol"]
 SOURCES: tuple[str, ...] = ("namus", "fbi", "interpol")
@@ -20,6 +20,16 @@ Sex = Literal["male", "female", "unknown"]
 # Case and photo ids become parts of store keys and URLs: keep them to a safe alphabet.
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SafeId = Annotated[str, Field(pattern=SAFE_ID.pattern)]
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    # NamUs gives naive timestamps; they are only compared with themselves, so UTC is fine.
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
 
 
 class AgeRange(BaseModel):
@@ -69,18 +79,10 @@ class PersonRecord(BaseModel):
     age_when_missing: AgeRange | None = None
     last_seen_date: date | None = None
     last_seen_place: str | None = None
-    modified: datetime | None = None  # the source's last-modified time, UTC
+    modified: UtcDatetime | None = None  # the source's last-modified time
     resolved: bool = False
     photos: tuple[PhotoRef, ...] = ()
     url: str | None = None  # the public web page of the case, for responders
-
-    @field_validator("modified")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        # NamUs gives naive timestamps; they are only compared with themselves, so UTC is fine.
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
     @property
     def key(self) -> str:
@@ -94,15 +96,8 @@ class CaseSummary(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     case_id: SafeId
-    modified: datetime | None = None  # None when the listing does not say (then the case is re-fetched)
+    modified: UtcDatetime | None = None  # None when the listing does not say (then the case is re-fetched)
     scope: str = ""  # the listing partition it came from (a NamUs state), for vanished-case detection
-
-    @field_validator("modified")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class MalformedCase(ValueError):
