@@ -9,6 +9,9 @@ import pytest
 
 from tests.servers import Mosquitto, MotoServer, Pki
 
+# The device tests' shared bundle and video fixtures.
+pytest_plugins = ["tests.test_edge_fixtures"]
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("MPD_SHARED_DATA", REPO.parent / "shared" / "data"))
 FACES = SHARED_DATA / "faces"

@@ -14,20 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_edge_fixtures import TEST_THRESHOLD, cached_bundle, cached_scene
+from tests.test_edge_fixtures import TEST_THRESHOLD
 from tests.test_publishers import Subscriber
 
 MPD = [sys.executable, "-m", "mpd_cli"]
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory, faces_dir):
-    return cached_bundle(tmp_path_factory, faces_dir)
-
-
-@pytest.fixture(scope="module")
-def member_video(tmp_path_factory, faces_dir):
-    return cached_scene(tmp_path_factory, faces_dir, "member")
 
 
 def mqtt_config(path: Path, broker, outbox: Path, **recognition) -> Path:

@@ -9,6 +9,8 @@ import functools
 import shutil
 from pathlib import Path
 
+import pytest
+
 from demo.scenes import SceneTruth, make_scene, walk
 from edge_app.gallery.bundle import ModelRef, write_bundle
 
@@ -136,3 +138,13 @@ def cached_scene(tmp_path_factory, faces_dir: Path, name: str) -> tuple[Path, Sc
         return out, SceneTruth.load(out.with_suffix(".json"))
     maker = {"member": member_scene, "strangers": strangers_scene}[name]
     return out, maker(faces_dir, out)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, faces_dir):
+    return cached_bundle(tmp_path_factory, faces_dir)
+
+
+@pytest.fixture(scope="module")
+def member_video(tmp_path_factory, faces_dir):
+    return cached_scene(tmp_path_factory, faces_dir, "member")

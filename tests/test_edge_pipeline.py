@@ -18,19 +18,9 @@ from edge_app.pipeline.frame_loop import FrameProcessor
 from edge_app.pipeline.runner import EdgeRunner
 from edge_app.publishers.local import FilePublisher
 from models.thresholds import DEFAULT_THRESHOLD, threshold_for_gallery
-from tests.test_edge_fixtures import MEMBERS, TEST_THRESHOLD, build_bundle, cached_bundle, cached_scene, face_models
+from tests.test_edge_fixtures import MEMBERS, TEST_THRESHOLD, build_bundle, cached_scene, face_models
 
 FPS = 15
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory, faces_dir):
-    return cached_bundle(tmp_path_factory, faces_dir)
-
-
-@pytest.fixture(scope="module")
-def member_video(tmp_path_factory, faces_dir):
-    return cached_scene(tmp_path_factory, faces_dir, "member")
 
 
 @pytest.fixture(scope="module")

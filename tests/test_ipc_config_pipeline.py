@@ -19,20 +19,10 @@ from edge_app.ipc_config import ComponentConfiguration, attach_to_runner
 from edge_app.pipeline.runner import EdgeRunner
 from edge_app.publishers.local import FilePublisher
 from greengrass import packaging
-from tests.test_edge_fixtures import cached_bundle, cached_scene, face_models
+from tests.test_edge_fixtures import face_models
 from tests.test_ipc_config import FakeNucleusConnection, _merge
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory, faces_dir):
-    return cached_bundle(tmp_path_factory, faces_dir)
-
-
-@pytest.fixture(scope="module")
-def member_video(tmp_path_factory, faces_dir):
-    return cached_scene(tmp_path_factory, faces_dir, "member")
 
 
 def test_deployed_threshold_reaches_the_running_pipeline_and_a_bad_one_is_refused(tmp_path, bundle, member_video):
