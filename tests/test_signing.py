@@ -49,6 +49,57 @@ def test_keys_generate_writes_a_private_key_only_its_owner_can_read(tmp_path, mo
     assert load_private_key(private).private_bytes_raw() == key.private_bytes_raw()
 
 
+def test_keys_generate_force_replaces_an_old_world_readable_key_with_a_new_0600_file(tmp_path):
+    private, public = tmp_path / "gallery.key", tmp_path / "gallery.pub"
+    private.write_text("old key, once readable by all")
+    private.chmod(0o644)
+    public.write_text("old public key")
+
+    result = CliRunner().invoke(
+        main, ["keys", "generate", "--private", str(private), "--public", str(public), "--force"]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert load_private_key(private).public_key().public_bytes_raw() == load_public_key(public).public_bytes_raw()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gallery.key", "gallery.pub"]  # no temporary left
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_keys_generate_never_writes_through_a_symlink(tmp_path, force):
+    private, public = tmp_path / "gallery.key", tmp_path / "gallery.pub"
+    elsewhere = tmp_path / "shared" / "readable-by-all.pem"  # where a planted link points
+    elsewhere.parent.mkdir()
+    private.symlink_to(elsewhere)  # dangling
+    args = ["keys", "generate", "--private", str(private), "--public", str(public)] + (["--force"] if force else [])
+
+    result = CliRunner().invoke(main, args)
+
+    assert not elsewhere.exists()
+    if not force:
+        assert result.exit_code != 0 and "refusing to overwrite" in result.output
+        assert private.is_symlink()
+        return
+    assert result.exit_code == 0, result.output
+    assert not private.is_symlink() and stat.S_IMODE(private.lstat().st_mode) == 0o600
+    load_private_key(private)
+
+
+def test_keys_generate_force_leaves_the_target_of_a_symlink_untouched(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("someone else's file")
+    victim.chmod(0o644)
+    private = tmp_path / "gallery.key"
+    private.symlink_to(victim)
+
+    result = CliRunner().invoke(main, ["keys", "generate", "--private", str(private),
+                                       "--public", str(tmp_path / "gallery.pub"), "--force"])  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    assert victim.read_text() == "someone else's file" and stat.S_IMODE(victim.stat().st_mode) == 0o644
+    assert not private.is_symlink() and stat.S_IMODE(private.stat().st_mode) == 0o600
+
+
 def test_private_key_from_environment_text(monkeypatch):
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())

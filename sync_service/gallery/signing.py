@@ -7,7 +7,9 @@ only the public key and verify with ``cryptography`` directly (edge_app/gallery)
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,11 +29,19 @@ class SigningKeyError(RuntimeError):
 
 
 def generate_key_pair(private_path: Path, public_path: Path, overwrite: bool = False) -> None:
-    """Write a new Ed25519 key pair as PEM; the private file is created 0600."""
+    """Write a new Ed25519 key pair as PEM; the private file is always a new 0600 file.
+
+    Nothing is ever written through a symlink or into an existing file: each key goes to
+    a fresh file made with ``O_EXCL`` (0600 for the private key) that is then renamed into
+    place, so ``overwrite`` replaces an old 0644 key or a (dangling) symlink by a new
+    file instead of keeping its mode or following the link.
+    """
     private_path, public_path = Path(private_path), Path(public_path)
     for path in (private_path, public_path):
-        if path.exists() and not overwrite:
+        if os.path.lexists(path) and not overwrite:  # lexists: a dangling symlink counts as there
             raise SigningKeyError(f"{path} exists; refusing to overwrite a key (use --force)")
+        if path.is_dir():
+            raise SigningKeyError(f"{path} is a directory")
     key = Ed25519PrivateKey.generate()
     private_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -41,11 +51,40 @@ def generate_key_pair(private_path: Path, public_path: Path, overwrite: bool = F
     )
     private_path.parent.mkdir(parents=True, exist_ok=True)
     public_path.parent.mkdir(parents=True, exist_ok=True)
-    # O_CREAT with 0600 so the key is never readable by others, not even briefly.
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(private_pem)
-    public_path.write_bytes(public_pem)
+    _write_new_file(private_path, private_pem, 0o600, replace=overwrite)
+    _write_new_file(public_path, public_pem, 0o644, replace=overwrite)
+
+
+def _write_new_file(path: Path, data: bytes, mode: int, replace: bool) -> None:
+    """``data`` in a file created here with ``mode`` (never an existing file or a link's target)."""
+    if not replace:
+        # O_EXCL fails on anything already at the path, a dangling symlink included.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        try:
+            fd = os.open(path, flags, mode)
+        except FileExistsError:
+            raise SigningKeyError(f"{path} exists; refusing to overwrite a key (use --force)") from None
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)  # the umask may only have narrowed it; make it exact
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return
+    # mkstemp opens with O_CREAT | O_EXCL and mode 0600; rename replaces the directory
+    # entry itself, so an old file keeps neither its content nor its mode, and a symlink
+    # is replaced rather than followed.
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
 
 
 def parse_private_key(pem: bytes, origin: str) -> Ed25519PrivateKey:
