@@ -12,7 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("models.cli:models_group", "Check the pinned face models."),
     "identify": ("edge_app.identify:identify_command", "Identify faces in photos against a gallery bundle."),
     "edge": ("edge_app.cli:edge_group", "Run the device pipeline."),
-    "sync": ("edge_app.gallery.sync_agent:sync_command", "Fetch, verify and install the latest gallery."),
+    "sync": ("edge_app.gallery.cli:sync_command", "Fetch, verify and install the latest gallery."),
     "gallery": ("sync_service.gallery.cli:gallery_group", "Build and publish gallery bundles (cloud)."),
     "keys": ("sync_service.gallery.signing:keys_group", "Make gallery signing keys (cloud)."),
     "ingest": ("sync_service.ingest.cli:ingest_command", "Ingest cases from a public source (cloud)."),

@@ -253,7 +253,8 @@ def run_command(
 
 def _listen_for_announcements(agent, config):
     """Wake the agent on the retained ``mpd/gallery/latest`` message, with the device's MQTT identity."""
-    from edge_app.gallery.sync_agent import AnnouncementListener, SyncError
+    from edge_app.gallery.announcements import AnnouncementListener
+    from edge_app.mqtt_tls import MqttTlsError
 
     if not config.gallery.announcements:
         return None
@@ -261,6 +262,6 @@ def _listen_for_announcements(agent, config):
     # Its own client id: a broker (IoT Core too) disconnects an older connection with the same id.
     client_id = f"{mqtt.client_id or config.device_id}-gallery"
     try:
-        return AnnouncementListener(agent, mqtt.host, mqtt.port, str(mqtt.ca), str(mqtt.cert), str(mqtt.key), client_id)
-    except SyncError as error:
+        return AnnouncementListener(agent, mqtt.host, mqtt.port, mqtt.ca, mqtt.cert, mqtt.key, client_id)
+    except MqttTlsError as error:
         raise click.ClickException(str(error)) from None

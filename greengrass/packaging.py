@@ -17,7 +17,6 @@ Everything written is validated against the project's schemas in ``greengrass/sc
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -33,6 +32,8 @@ from string import Template
 from typing import Any
 
 import yaml
+
+from edge_app.gallery.bundle import sha256_file
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -365,14 +366,6 @@ def download_wheels(requirements: list[str], platform: Platform, dest: Path) -> 
 def _wheel_fits(filename: str, platform: Platform) -> bool:
     platform_tags = filename.removesuffix(".whl").split("-")[-1].split(".")
     return all(tag == "any" or tag.endswith(f"_{platform.machine}") for tag in platform_tags)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def lock_lines(wheels: list[Path]) -> list[str]:

@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_app.gallery.bundle import ModelRef, load_bundle
-from edge_app.gallery.sync_agent import LatestPointer, SyncAgent
+from edge_app.gallery.pointer import LatestPointer
+from edge_app.gallery.sync_agent import SyncAgent
 from mpd_cli import main
 from sync_service.gallery import nightly
 from sync_service.gallery.nightly import EmbeddingCache, NightlyBuilder, PhotoFaces, lambda_handler

@@ -19,7 +19,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from edge_app.gallery.install import GalleryDir
-from edge_app.gallery.sync_agent import FolderSource, SyncAgent
+from edge_app.gallery.sync_agent import SyncAgent
+from edge_app.gallery.transports import FolderSource
 from tests.gallery_factory import Publisher, churn, synthetic_gallery
 from tests.linkserver import LinkConditions, LinkServer
 

@@ -7,7 +7,9 @@ import time
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_app.gallery.sync_agent import ANNOUNCE_TOPIC, AnnouncementListener, SyncAgent
+from edge_app.gallery.announcements import AnnouncementListener
+from edge_app.gallery.pointer import ANNOUNCE_TOPIC
+from edge_app.gallery.sync_agent import SyncAgent
 from sync_service.gallery.publish import announce, publish
 from tests.gallery_factory import Publisher, churn, synthetic_gallery
 

@@ -1,4 +1,4 @@
-"""The device's gallery sync agent, and ``mpd sync``.
+"""The device's gallery sync agent: keeps the device on the newest good gallery.
 
 Each sync: read the small ``latest.json`` pointer; if it names a newer version,
 fetch the signed manifest first (a wrong signature, another embedder or a delta
@@ -8,30 +8,23 @@ bundle), install it atomically on disk and swap it into the running pipeline.
 Any failure leaves the device on its last good gallery with one clear log line;
 partial downloads stay on disk so the next sync resumes them.
 
-Sources (``--from``): a folder, ``http(s)://`` (plain, or a CDN in front of S3),
-or ``s3://bucket/prefix``, which is read through presigned URLs so it uses the
-same ranged, resumable download path (credentials from the usual boto3 chain, e.g.
-the Greengrass Token Exchange Service).
+Where bytes come from is ``transports.py``; the pointer is ``pointer.py``; the MQTT
+announcement listener is ``announcements.py``; ``mpd sync`` is ``cli.py``.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-import click
 import requests
-import urllib3
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from edge_app.gallery.bundle import (
@@ -43,19 +36,24 @@ from edge_app.gallery.bundle import (
     ModelRef,
     load_bundle,
     read_manifest,
+    sha256_file,
     verify_files,
 )
 from edge_app.gallery.delta import GalleryData, apply_delta, write_applied
-from edge_app.gallery.install import PUBLIC_KEY_ENV, GalleryDir, check_version_name, load_public_key
+from edge_app.gallery.install import GalleryDir, check_version_name
+from edge_app.gallery.pointer import (
+    ANNOUNCE_TOPIC,
+    MAX_POINTER_BYTES,
+    POINTER,
+    DeltaRef,
+    LatestPointer,
+    PointerError,
+)
+from edge_app.gallery.transports import RETRYABLE, IncompleteDownload, Source, SyncError, open_source
 
 log = logging.getLogger(__name__)
 
-POINTER = "latest.json"
-POINTER_SCHEMA = "mpd.gallery.latest/1"
-ANNOUNCE_TOPIC = "mpd/gallery/latest"
-MAX_POINTER_BYTES = 64 * 1024
 MAX_MANIFEST_BYTES = 1024 * 1024
-CHUNK = 64 * 1024
 
 
 SYNC_NICE = 10  # the sync thread's niceness: the frame loop gets the CPU first
@@ -72,210 +70,11 @@ def lower_thread_priority(nice: int = SYNC_NICE) -> None:
         log.debug("gallery: cannot lower the sync thread's priority: %s", error)
 
 
-class SyncError(RuntimeError):
-    """A sync could not complete (source down, disk full, download incomplete)."""
-
-
-class DeltaRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    base_version: str
-    path: str  # relative to the gallery root, ends with "/"
-
-
-class LatestPointer(BaseModel):
-    """``latest.json``: where the newest bundle is. Unsigned on purpose: it only points;
-    the bundles it points at are signed, and the device refuses to go backwards."""
-
-    model_config = ConfigDict(extra="forbid")
-    schema_: Literal["mpd.gallery.latest/1"] = Field(POINTER_SCHEMA, alias="schema")
-    gallery_version: str
-    full: str  # relative path of the full bundle, ends with "/"
-    delta: DeltaRef | None = None  # against the version before this one
-    older_deltas: list[DeltaRef] = Field(default_factory=list)  # against earlier ones (devices that missed nights)
-    embedder: ModelRef
-    published_at: datetime
-
-    def to_json(self) -> str:
-        return self.model_dump_json(by_alias=True, indent=1)
-
-    def all_deltas(self) -> list[DeltaRef]:
-        return ([self.delta] if self.delta else []) + self.older_deltas
-
-    @classmethod
-    def parse(cls, payload: bytes | str, origin: str) -> LatestPointer:
-        if len(payload) > MAX_POINTER_BYTES:
-            raise SyncError(f"{origin}: gallery pointer is {len(payload)} bytes, more than {MAX_POINTER_BYTES}")
-        try:
-            pointer = cls.model_validate_json(payload)
-        except ValidationError as error:
-            raise SyncError(f"{origin}: malformed gallery pointer: {error}") from None
-        for path in [pointer.full] + [ref.path for ref in pointer.all_deltas()]:
-            if path.startswith("/") or ".." in path.split("/") or "://" in path:
-                raise SyncError(f"{origin}: gallery pointer path {path!r} leaves the gallery root")
-        return pointer
-
-
 def device_embedder() -> ModelRef:
     """The embedder this device runs (the builder records the same ref in every manifest)."""
     from models import weights
 
     return ModelRef(id=weights.EMBEDDER.model_id, sha256=weights.EMBEDDER_CLEAN_SHA256)
-
-
-# --- sources ---------------------------------------------------------------------
-
-
-class IncompleteDownload(SyncError):
-    """The connection ended before the file was complete (resumable)."""
-
-
-RETRYABLE = (IncompleteDownload, requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
-
-
-class Source:
-    """Where bundles come from. ``relpath`` is relative to the gallery root."""
-
-    name: str
-
-    def read_small(self, relpath: str, limit: int) -> bytes:
-        raise NotImplementedError
-
-    def download(self, relpath: str, dest: Path, size: int) -> None:
-        """Bring ``dest`` to ``size`` bytes, continuing from what it already holds."""
-        raise NotImplementedError
-
-
-class FolderSource(Source):
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        self.name = str(self.root)
-
-    def _path(self, relpath: str) -> Path:
-        return self.root / relpath
-
-    def read_small(self, relpath: str, limit: int) -> bytes:
-        path = self._path(relpath)
-        try:
-            if path.stat().st_size > limit:
-                raise SyncError(f"{path} is larger than {limit} bytes")
-            return path.read_bytes()
-        except FileNotFoundError:
-            raise SyncError(f"{path} does not exist") from None
-        except OSError as error:
-            raise SyncError(f"cannot read {path}: {error.strerror or error}") from None
-
-    def download(self, relpath: str, dest: Path, size: int) -> None:
-        have = dest.stat().st_size if dest.exists() else 0
-        try:
-            with open(self._path(relpath), "rb") as source, open(dest, "ab") as out:
-                source.seek(have)
-                while block := source.read(CHUNK):
-                    out.write(block)
-                out.flush()
-                os.fsync(out.fileno())
-        except FileNotFoundError:
-            raise SyncError(f"{self._path(relpath)} does not exist") from None
-
-
-class HttpSource(Source):
-    def __init__(self, base_url: str, timeout: tuple[float, float] = (10.0, 30.0)) -> None:
-        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
-        self.name = self.base_url
-        self.timeout = timeout
-        self.session = requests.Session()
-
-    def url(self, relpath: str) -> str:
-        return self.base_url + relpath
-
-    def read_small(self, relpath: str, limit: int) -> bytes:
-        url = self.url(relpath)
-        try:
-            with self.session.get(url, timeout=self.timeout, stream=True) as response:
-                if response.status_code != 200:
-                    raise SyncError(f"GET {_public(url)}: HTTP {response.status_code}")
-                data = response.raw.read(limit + 1, decode_content=True)
-        except RETRYABLE as error:
-            raise IncompleteDownload(f"GET {_public(url)}: {error}") from None
-        except requests.RequestException as error:
-            raise SyncError(f"GET {_public(url)}: {error}") from None
-        if len(data) > limit:
-            raise SyncError(f"{_public(url)} is larger than {limit} bytes")
-        return data
-
-    def download(self, relpath: str, dest: Path, size: int) -> None:
-        url = self.url(relpath)
-        have = dest.stat().st_size if dest.exists() else 0
-        # identity: byte ranges must address the file itself, not a compressed stream of it.
-        headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={have}-"} if have else {})}
-        with self.session.get(url, headers=headers, timeout=self.timeout, stream=True) as response:
-            if response.status_code == 206:
-                first = response.headers.get("Content-Range", "").removeprefix("bytes ").split("-")[0]
-                if first != str(have):
-                    raise SyncError(f"GET {_public(url)}: asked from byte {have}, server sent {first or '?'}")
-                mode = "ab"
-            elif response.status_code == 200:
-                mode = "wb"  # the server ignored Range: start again from the top
-                if have:
-                    log.info("gallery: %s ignores Range, downloading %s from the start", self.name, relpath)
-            elif response.status_code == 416:
-                dest.unlink(missing_ok=True)
-                raise SyncError(
-                    f"GET {_public(url)}: the server holds fewer bytes than the {have} already downloaded "
-                    f"(file truncated or replaced on the server)"
-                )
-            else:
-                raise SyncError(f"GET {_public(url)}: HTTP {response.status_code}")
-            with open(dest, mode) as out:
-                try:
-                    # read1 returns what has arrived: a cut connection loses nothing already
-                    # received (iter_content would drop a partly filled chunk).
-                    while block := response.raw.read1(CHUNK):
-                        out.write(block)
-                except (urllib3.exceptions.HTTPError, OSError) as error:
-                    raise IncompleteDownload(f"GET {_public(url)}: connection broken: {error}") from None
-                finally:
-                    # Keep what arrived, even when the link drops mid-body.
-                    out.flush()
-                    os.fsync(out.fileno())
-
-
-class S3Source(HttpSource):
-    """``s3://bucket/prefix``: each object read through a presigned GET, ranged like any HTTP file."""
-
-    def __init__(self, url: str) -> None:
-        try:
-            import boto3
-            from botocore.config import Config
-        except ImportError:
-            raise SyncError("s3:// sources need boto3 (pip install boto3), or give an https:// URL") from None
-        bucket, _, prefix = url.removeprefix("s3://").partition("/")
-        self.bucket, self.prefix = bucket, prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self.client = boto3.client("s3", config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
-        super().__init__("")
-        self.name = url
-
-    def url(self, relpath: str) -> str:
-        return self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": self.prefix + relpath}, ExpiresIn=3600
-        )
-
-
-def _public(url: str) -> str:
-    """A URL without its query string (presigned credentials stay out of logs)."""
-    return url.split("?", 1)[0]
-
-
-def open_source(location: str) -> Source:
-    if location.startswith("s3://"):
-        return S3Source(location)
-    if location.startswith(("http://", "https://")):
-        return HttpSource(location)
-    if "://" in location:
-        raise SyncError(f"unsupported gallery source {location!r}: use a folder, http(s):// or s3://")
-    return FolderSource(Path(location))
-
-
-# --- the agent ---------------------------------------------------------------------
 
 
 @dataclass
@@ -353,7 +152,7 @@ class SyncAgent:
         """
         try:
             pointer = LatestPointer.parse(payload, f"MQTT {ANNOUNCE_TOPIC}")
-        except SyncError as error:
+        except PointerError as error:
             log.warning("gallery: ignoring announcement: %s", error)
             return
         if pointer.gallery_version != self.version:
@@ -480,13 +279,13 @@ class SyncAgent:
             if "/" in name or name.startswith("."):
                 raise BundleError(f"{relpath}{MANIFEST}: file name {name!r} is not allowed")
             final = work / name
-            if final.is_file() and final.stat().st_size == entry.size and _sha256(final) == entry.sha256:
+            if final.is_file() and final.stat().st_size == entry.size and sha256_file(final) == entry.sha256:
                 continue
             part = work / f"{name}.part"
             if part.exists() and part.stat().st_size > entry.size:
                 part.unlink()
             self._resuming(relpath + name, part, entry.size)
-            digest = _sha256(part)
+            digest = sha256_file(part)
             if digest != entry.sha256:
                 part.unlink()
                 raise BundleError(
@@ -574,113 +373,3 @@ class SyncAgent:
     def _clear_staging(self) -> None:
         for path in self.dir.staging.iterdir():
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-class AnnouncementListener:
-    """Subscribes to the retained ``mpd/gallery/latest`` announcement (mutual TLS, the device's
-    IoT Core identity) and wakes the agent. paho reconnects by itself and resubscribes in
-    ``on_connect``; the broker replays the retained announcement on every subscribe."""
-
-    def __init__(self, agent: SyncAgent, host: str, port: int, ca: str, cert: str, key: str, client_id: str) -> None:
-        import ssl
-
-        import paho.mqtt.client as paho
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        self.agent = agent
-        self.received = 0
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311)
-        try:
-            client.tls_set(ca_certs=ca, certfile=cert, keyfile=key, cert_reqs=ssl.CERT_REQUIRED)
-        except (ssl.SSLError, OSError) as error:
-            raise SyncError(f"mqtt: cannot load TLS files (ca={ca}, cert={cert}, key={key}): {error}") from None
-        client.reconnect_delay_set(min_delay=1, max_delay=300)
-        client.on_connect = lambda c, userdata, flags, rc, props: c.subscribe(ANNOUNCE_TOPIC, qos=1)
-        client.on_message = self._on_message
-        client.connect_async(host, port, keepalive=120)
-        client.loop_start()
-        self.client = client
-
-    def _on_message(self, client, userdata, message) -> None:
-        self.received += 1
-        self.agent.announce(message.payload)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-# --- mpd sync --------------------------------------------------------------------------
-
-
-def resolve_public_key(path: str | None):
-    source = path or os.environ.get(PUBLIC_KEY_ENV)
-    if not source:
-        raise click.UsageError(f"give --public-key or set {PUBLIC_KEY_ENV} to the gallery public key (PEM file)")
-    try:
-        return load_public_key(source)
-    except BundleError as error:
-        raise click.ClickException(str(error)) from None
-
-
-@click.command("sync")
-@click.option("--from", "source", required=True, help="Gallery root: a folder, http(s):// URL or s3://bucket/prefix.")
-@click.option("--dir", "gallery_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="The device's gallery directory.")  # fmt: skip
-@click.option("--public-key", help=f"Gallery public key (PEM); default ${PUBLIC_KEY_ENV}.")
-@click.option("--once", is_flag=True, help="Sync once and exit (status 1 if the sync failed).")
-@click.option("--interval", default=3600.0, show_default=True, help="Seconds between polls.")
-@click.option("--mqtt-host", help="Also sync on announcements on mpd/gallery/latest from this broker.")
-@click.option("--mqtt-port", default=8883, show_default=True)
-@click.option("--mqtt-ca", type=click.Path(exists=True, dir_okay=False))
-@click.option("--mqtt-cert", type=click.Path(exists=True, dir_okay=False))
-@click.option("--mqtt-key", type=click.Path(exists=True, dir_okay=False))
-@click.option("--client-id", default="mpd-gallery-sync", show_default=True, help="MQTT client id.")
-def sync_command(
-    source: str,
-    gallery_dir: Path,
-    public_key: str | None,
-    once: bool,
-    interval: float,
-    mqtt_host: str | None,
-    mqtt_port: int,
-    mqtt_ca: str | None,
-    mqtt_cert: str | None,
-    mqtt_key: str | None,
-    client_id: str,
-) -> None:
-    """Fetch, verify and install the latest gallery."""
-    try:
-        agent = SyncAgent(source, gallery_dir, resolve_public_key(public_key), interval=interval)
-    except SyncError as error:
-        raise click.ClickException(str(error)) from None
-    if not once:
-        listener = None
-        if mqtt_host:
-            if not (mqtt_ca and mqtt_cert and mqtt_key):
-                raise click.UsageError("--mqtt-host needs --mqtt-ca, --mqtt-cert and --mqtt-key (mutual TLS)")
-            listener = AnnouncementListener(agent, mqtt_host, mqtt_port, mqtt_ca, mqtt_cert, mqtt_key, client_id)
-        agent.start()
-        try:
-            while agent._thread.is_alive():
-                agent._thread.join(1.0)
-        except KeyboardInterrupt:
-            agent.stop()
-        finally:
-            if listener is not None:
-                listener.close()
-        return
-    result = agent.sync_once()
-    click.echo(
-        f"gallery {result.status}: {result.version or 'none installed'}{' - ' + result.detail if result.detail else ''}"
-    )
-    if result.status == "failed":
-        raise SystemExit(1)

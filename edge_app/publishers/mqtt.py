@@ -10,14 +10,14 @@ message that was handed to paho but not yet acknowledged is remembered by its ke
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 
+from edge_app.mqtt_tls import MqttTlsError, mutual_tls_client
 from edge_app.publishers import PublishError
 
 if TYPE_CHECKING:
@@ -46,13 +46,11 @@ class MqttPublisher:
         self.last_error = "not connected yet"
         self._inflight: dict[str, paho.MQTTMessageInfo] = {}
         self._lock = threading.Lock()
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311)
         try:
             # Server certificate and hostname are verified; our certificate proves who we are.
-            client.tls_set(ca_certs=str(ca), certfile=str(cert), keyfile=str(key), cert_reqs=ssl.CERT_REQUIRED)
-        except (ssl.SSLError, OSError) as error:
-            raise PublishError(f"mqtt: cannot load TLS files (ca={ca}, cert={cert}, key={key}): {error}") from None
-        client.reconnect_delay_set(min_delay=1, max_delay=60)
+            client = mutual_tls_client(client_id, ca, cert, key, reconnect_delay=(1, 60))
+        except MqttTlsError as error:
+            raise PublishError(str(error)) from None
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = self._on_connect_fail

@@ -57,12 +57,15 @@ def serve_command(
         service = build_service(settings)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
-    engine = LocalRuleEngine(
-        service,
-        MqttSettings(mqtt_host, mqtt_port, ca, cert, key, client_id),
-        on_decision=lambda result: click.echo(json.dumps(result, default=str)),
-        dead_letter=settings.local_dir / "failed-events.jsonl",
-    )
+    try:
+        engine = LocalRuleEngine(
+            service,
+            MqttSettings(mqtt_host, mqtt_port, ca, cert, key, client_id),
+            on_decision=lambda result: click.echo(json.dumps(result, default=str)),
+            dead_letter=settings.local_dir / "failed-events.jsonl",
+        )
+    except ValueError as error:  # edge_app.mqtt_tls.MqttTlsError: unreadable TLS files
+        raise click.UsageError(str(error)) from None
     try:
         engine.start()
     except ConnectionError as error:

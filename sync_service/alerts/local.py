@@ -23,6 +23,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from tenacity import Retrying, stop_after_attempt, wait_exponential
 
+from edge_app.mqtt_tls import mutual_tls_client
 from sync_service.alerts.config import AlertSettings
 from sync_service.alerts.handler import AlertService, LocalContext
 from sync_service.alerts.rule import LocalRule
@@ -66,11 +67,14 @@ class LocalRuleEngine:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="alert-invoke")
         self._subscribed = threading.Event()
         # A persistent session: the broker queues QoS 1 messages while we are away.
-        self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=mqtt_settings.client_id, clean_session=False
+        self.client = mutual_tls_client(
+            mqtt_settings.client_id,
+            mqtt_settings.ca,
+            mqtt_settings.cert,
+            mqtt_settings.key,
+            clean_session=False,
+            reconnect_delay=(1, 30),
         )
-        self.client.tls_set(ca_certs=mqtt_settings.ca, certfile=mqtt_settings.cert, keyfile=mqtt_settings.key)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_disconnect = self._on_disconnect

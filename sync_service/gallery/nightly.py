@@ -37,8 +37,8 @@ import numpy as np
 
 from edge_app.gallery.bundle import MANIFEST, SIGNATURE, BundleError, ModelRef, PersonRow, load_bundle, write_bundle
 from edge_app.gallery.delta import FULL_MANIFEST, FULL_SIGNATURE, GalleryData, canonical, compute_delta
+from edge_app.gallery.pointer import DeltaRef, LatestPointer
 from edge_app.gallery.search import choose_search, index_files
-from edge_app.gallery.sync_agent import DeltaRef, LatestPointer
 from sync_service.gallery.publish import BUILD_RECORD, BUILD_ROOT, PublishError, copy_bundle
 from sync_service.store import LocalStore, Store, StoredCase, StoreError, open_store
 

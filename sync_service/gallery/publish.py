@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 from datetime import UTC, datetime
 
 import click
 
 from edge_app.gallery.bundle import MANIFEST, Manifest
-from edge_app.gallery.sync_agent import ANNOUNCE_TOPIC, POINTER, LatestPointer
+from edge_app.gallery.pointer import ANNOUNCE_TOPIC, POINTER, LatestPointer
 from sync_service.store import Store, StoreError, open_store
 
 log = logging.getLogger(__name__)
@@ -79,10 +78,12 @@ def announce(pointer: LatestPointer, host: str, port: int, ca: str, cert: str, k
 
     Retained, so a device that connects later still hears of the newest version.
     """
-    import paho.mqtt.client as mqtt
+    from edge_app.mqtt_tls import MqttTlsError, mutual_tls_client
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="mpd-gallery-publisher")
-    client.tls_set(ca_certs=ca, certfile=cert, keyfile=key, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        client = mutual_tls_client("mpd-gallery-publisher", ca, cert, key)
+    except MqttTlsError as error:
+        raise PublishError(str(error)) from None
     try:
         client.connect(host, port, keepalive=30)
     except OSError as error:
