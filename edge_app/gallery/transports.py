@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 import requests
 import urllib3
@@ -139,24 +140,64 @@ class HttpSource(Source):
 
 
 class S3Source(HttpSource):
-    """``s3://bucket/prefix``: each object read through a presigned GET, ranged like any HTTP file."""
+    """``s3://bucket/prefix``: each object read through a presigned GET, ranged like any HTTP file.
+
+    URLs are signed (SigV4, query string) with awscrt, which the device carries anyway for
+    the IoT SDK, so botocore (17 MB) stays off the device. Credentials come from awscrt's
+    default chain: environment variables, the shared profile, and the container endpoint
+    that Greengrass's Token Exchange Service sets up for its components
+    (``AWS_CONTAINER_CREDENTIALS_FULL_URI``). Region: ``AWS_REGION``/``AWS_DEFAULT_REGION``;
+    endpoint: ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` (a local S3 stand-in), path-style.
+    """
+
+    EXPIRES_S = 3600
+    SIGN_TIMEOUT_S = 30.0
 
     def __init__(self, url: str) -> None:
         try:
-            import boto3
-            from botocore.config import Config
+            from awscrt import auth
         except ImportError:
-            raise SyncError("s3:// sources need boto3 (pip install boto3), or give an https:// URL") from None
+            raise SyncError("s3:// sources need awscrt (pip install awscrt), or give an https:// URL") from None
         bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise SyncError(f"{url!r} names no bucket")
         self.bucket, self.prefix = bucket, prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self.client = boto3.client("s3", config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+        self.region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:  # a stand-in or a private endpoint: path-style addressing
+            parts = urlsplit(endpoint)
+            self.scheme, self.host, self.base_path = parts.scheme, parts.netloc, f"/{bucket}/"
+        else:  # virtual-hosted style (bucket names with dots are not allowed for Greengrass anyway)
+            self.scheme, self.host, self.base_path = "https", f"{bucket}.s3.{self.region}.amazonaws.com", "/"
+        try:
+            self._credentials = auth.AwsCredentialsProvider.new_default_chain()
+        except Exception as error:  # noqa: BLE001 - awscrt raises its own AwsCrtError
+            raise SyncError(f"{url}: no AWS credentials provider: {error}") from None
         super().__init__("")
         self.name = url
 
     def url(self, relpath: str) -> str:
-        return self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": self.prefix + relpath}, ExpiresIn=3600
+        from awscrt import auth, http
+
+        path = self.base_path + quote(self.prefix + relpath, safe="/~")
+        config = auth.AwsSigningConfig(
+            algorithm=auth.AwsSigningAlgorithm.V4,
+            signature_type=auth.AwsSignatureType.HTTP_REQUEST_QUERY_PARAMS,
+            credentials_provider=self._credentials,
+            region=self.region,
+            service="s3",
+            # S3 signs the path as sent: no double encoding, no normalisation.
+            use_double_uri_encode=False,
+            should_normalize_uri_path=False,
+            signed_body_value=auth.AwsSignedBodyValue.UNSIGNED_PAYLOAD,
+            expiration_in_seconds=self.EXPIRES_S,
         )
+        request = http.HttpRequest("GET", path, http.HttpHeaders([("host", self.host)]))
+        try:
+            signed = auth.aws_sign_request(request, config).result(self.SIGN_TIMEOUT_S)
+        except Exception as error:  # noqa: BLE001 - no credentials, credential endpoint down
+            raise SyncError(f"{self.name}: cannot sign the request for {relpath}: {error}") from None
+        return f"{self.scheme}://{self.host}{signed.path}"
 
 
 def _public(url: str) -> str:
