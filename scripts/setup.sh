@@ -14,7 +14,10 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3.11 -m venv .venv
 fi
-# hnswlib compiles from source; keep the binary portable across CPUs.
-export HNSWLIB_NO_NATIVE=1
 .venv/bin/pip install -q --disable-pip-version-check --upgrade "pip>=24"
+# An older set-up compiled hnswlib from source; chroma-hnswlib ships the same module as a
+# wheel. Remove both before installing, so neither uninstall deletes the other's file.
+if .venv/bin/pip show -q hnswlib >/dev/null 2>&1; then
+  .venv/bin/pip uninstall -q -y hnswlib chroma-hnswlib >/dev/null 2>&1 || true
+fi
 .venv/bin/pip install -q --disable-pip-version-check -e ".[dev]"

@@ -84,3 +84,17 @@ def test_index_files_ship_an_hnsw_index_only_for_hnsw_specs(clustered, tmp_path)
     path.write_bytes(files[HNSW_INDEX])
     engine = build_search(vectors, spec, path)
     np.testing.assert_array_equal(engine.search(queries, 1)[1], ExactSearch(vectors).search(queries, 1)[1])
+
+
+def test_an_index_file_this_hnswlib_cannot_read_is_rebuilt_from_the_vectors(clustered, tmp_path, caplog):
+    """A signed index in another hnswlib fork's format (hnswlib 0.8 and chroma-hnswlib cannot
+    read each other's files) costs a rebuild on the device, not a refused gallery."""
+    from edge_app.gallery.search import ExactSearch, build_search, choose_search
+
+    vectors, queries = clustered
+    spec = choose_search(10**9)
+    unreadable = tmp_path / "index.hnsw"
+    unreadable.write_bytes(b"\x00" * 4096)
+    engine = build_search(vectors, spec, unreadable)
+    assert "building the hnsw index from the vectors" in caplog.text
+    assert (engine.search(queries, 1)[1] == ExactSearch(vectors).search(queries, 1)[1]).all()

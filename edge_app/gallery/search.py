@@ -10,6 +10,7 @@ the bundle manifest (``SearchSpec``) so every device searches the same way.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Protocol
 import numpy as np
 
 from edge_app.gallery.bundle import HNSW_INDEX, SearchSpec
+
+log = logging.getLogger(__name__)
 
 # From benchmarks/bench_search.py (docs/recognition.md): one exact query takes about
 # 1 ms at 25k vectors and 15-35 ms at 250k on one core, while hnswlib answers in
@@ -146,7 +149,12 @@ def build_search(vectors: np.ndarray, spec: SearchSpec, index_path: Path | None 
         return ExactSearch(vectors)
     ef = int(spec.params.get("ef", HNSW_EF_SEARCH))
     if index_path is not None and Path(index_path).is_file():
-        return HnswSearch.load(Path(index_path), vectors.shape[0], vectors.shape[1], ef)
+        try:
+            return HnswSearch.load(Path(index_path), vectors.shape[0], vectors.shape[1], ef)
+        except (RuntimeError, ValueError) as error:
+            # A signed index this hnswlib cannot read (another fork's file format): the
+            # vectors are signed too, so build the same graph from them instead of refusing.
+            log.warning("gallery: %s unusable (%s); building the hnsw index from the vectors", index_path, error)
     return HnswSearch.build(
         vectors,
         m=int(spec.params.get("M", HNSW_M)),
