@@ -139,6 +139,9 @@ class EdgeConfig(BaseModel):
     file_path: Path = Path("mpd-events.jsonl")
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     health_interval_s: float = Field(default=60.0, gt=0.0, le=86_400.0)
+    # Each health report is also written here (atomically), for a local watcher such as the
+    # Greengrass health gate that decides whether a new release came up healthy.
+    health_file: Path | None = None
     gallery: GalleryConfig = Field(default_factory=GalleryConfig)
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from edge_app.match_event import HealthReport, health_topic
 from edge_app.publishers import Publisher, PublishError
@@ -22,13 +23,19 @@ class HealthReporter(threading.Thread):
     """Publishes ``make_report()`` every ``interval_s`` seconds (read live, so updates apply)."""
 
     def __init__(
-        self, device_id: str, publisher: Publisher, make_report: Callable[[], HealthReport], interval_s
+        self,
+        device_id: str,
+        publisher: Publisher,
+        make_report: Callable[[], HealthReport],
+        interval_s,
+        file: Path | None = None,
     ) -> None:
         super().__init__(name="health", daemon=True)
         self.topic = health_topic(device_id)
         self.publisher = publisher
         self.make_report = make_report
         self.interval_s = interval_s  # a number, or a callable returning the current interval
+        self.file = Path(file) if file is not None else None  # the latest report, for local watchers
         self.sent = 0
         self.failed = 0
         self._stop_event = threading.Event()
@@ -38,6 +45,14 @@ class HealthReporter(threading.Thread):
 
     def publish_now(self) -> bool:
         report = self.make_report()
+        if self.file is not None:
+            # Written whether or not the uplink takes it: it says how the pipeline is doing.
+            from edge_app.gallery.bundle import atomic_write_bytes
+
+            try:
+                atomic_write_bytes(self.file, report.to_json().encode())
+            except OSError as error:
+                log.warning("health file %s not written: %s", self.file, error)
         try:
             self.publisher.publish(self.topic, report.to_json(), key=f"health-{uuid.uuid4()}")
         except PublishError as error:

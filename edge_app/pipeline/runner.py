@@ -112,7 +112,11 @@ class EdgeRunner:
             )
             self.sender.start()
             self.health = HealthReporter(
-                self.config.device_id, self.publisher, self.health_report, lambda: self.config.health_interval_s
+                self.config.device_id,
+                self.publisher,
+                self.health_report,
+                lambda: self.config.health_interval_s,
+                file=self.config.health_file,
             )
             self.health.start()
         self._started_mono = time.monotonic()
