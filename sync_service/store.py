@@ -207,7 +207,16 @@ class LocalStore(Store):
         atomic_write_bytes(self._path(key), data)
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        # Empty folders go too (a pruned gallery version, a removed case's photos), as on S3.
+        for folder in path.parents:
+            if folder == self.root or not folder.is_relative_to(self.root):
+                break
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or already gone)
+                break
 
     def list_keys(self, prefix: str) -> Iterator[str]:
         folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""

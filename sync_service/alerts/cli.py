@@ -148,3 +148,12 @@ def replay_command() -> None:
     os.replace(rest.name, parked)
     if still_failing:
         raise click.ClickException(f"{len(still_failing)} event(s) still parked in {parked}")
+
+
+def _add_cycle_commands() -> None:
+    from sync_service.cycle.cli import cycle_command
+
+    cloud_group.add_command(cycle_command)
+
+
+_add_cycle_commands()

@@ -24,25 +24,11 @@ from datetime import date, datetime
 from pathlib import Path
 
 from edge_app.gallery.bundle import atomic_write_bytes
+from sync_service.sources.namus import NAMUS_STATES  # the 55 entries of GET .../States (one definition)
 
 BASE = "{{BASE}}"
 DEFAULT_MODIFIED = "2026-01-15T10:00:00.000"
 
-# The 55 entries GET /api/CaseSets/NamUs/States returns (sources.md §2.2).
-NAMUS_STATES = [
-    ("Alabama", "AL"), ("Alaska", "AK"), ("Arizona", "AZ"), ("Arkansas", "AR"), ("California", "CA"),
-    ("Colorado", "CO"), ("Connecticut", "CT"), ("Delaware", "DE"), ("District of Columbia", "DC"),
-    ("Florida", "FL"), ("Georgia", "GA"), ("Guam", "GU"), ("Hawaii", "HI"), ("Idaho", "ID"), ("Illinois", "IL"),
-    ("Indiana", "IN"), ("Iowa", "IA"), ("Kansas", "KS"), ("Kentucky", "KY"), ("Louisiana", "LA"), ("Maine", "ME"),
-    ("Maryland", "MD"), ("Massachusetts", "MA"), ("Michigan", "MI"), ("Minnesota", "MN"), ("Mississippi", "MS"),
-    ("Missouri", "MO"), ("Montana", "MT"), ("Nebraska", "NE"), ("Nevada", "NV"), ("New Hampshire", "NH"),
-    ("New Jersey", "NJ"), ("New Mexico", "NM"), ("New York", "NY"), ("North Carolina", "NC"),
-    ("North Dakota", "ND"), ("Northern Mariana Islands", "MP"), ("Ohio", "OH"), ("Oklahoma", "OK"),
-    ("Oregon", "OR"), ("Pennsylvania", "PA"), ("Puerto Rico", "PR"), ("Rhode Island", "RI"),
-    ("South Carolina", "SC"), ("South Dakota", "SD"), ("Tennessee", "TN"), ("Texas", "TX"), ("Utah", "UT"),
-    ("Vermont", "VT"), ("Virgin Islands", "VI"), ("Virginia", "VA"), ("Washington", "WA"),
-    ("West Virginia", "WV"), ("Wisconsin", "WI"), ("Wyoming", "WY"),
-]  # fmt: skip
 STATE_CODES = dict(NAMUS_STATES)
 
 

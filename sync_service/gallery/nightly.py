@@ -39,7 +39,9 @@ from edge_app.gallery.bundle import MANIFEST, SIGNATURE, BundleError, ModelRef, 
 from edge_app.gallery.delta import FULL_MANIFEST, FULL_SIGNATURE, GalleryData, canonical, compute_delta
 from edge_app.gallery.pointer import DeltaRef, LatestPointer
 from edge_app.gallery.search import choose_search, index_files
-from sync_service.gallery.publish import BUILD_RECORD, BUILD_ROOT, PublishError, copy_bundle
+from sync_service.cycle.config import DEFAULT_SCOPE
+from sync_service.cycle.scopes import ScopeFilter, build_prefix
+from sync_service.gallery.publish import BUILD_RECORD_NAME, BUILD_ROOT, PublishError, copy_bundle
 from sync_service.store import LocalStore, Store, StoredCase, StoreError, open_store
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ DELTA_HISTORY = 7
 MIN_KEPT_SHARE = 0.5  # a build keeping fewer persons than this share of the last one is refused
 ALLOW_SHRINK_ENV = "MPD_GALLERY_ALLOW_SHRINK"
 VERSION_FORMAT = "%Y%m%dT%H%M%SZ"
+DEFAULT_RETENTION = timedelta(days=7)  # deltas are made from builds no older than this
+CACHE_CHUNK_MAX = 5000  # photos per chunk when the cache is rewritten (compaction)
 LAMBDA_SAFETY_SECONDS = 120.0  # stop embedding this long before the Lambda deadline to write bundles
 
 
@@ -104,6 +108,24 @@ class EmbeddingCache:
         name = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{len(self.pending)}.npz"
         self.out.write_bytes(self.prefix + name, _write_chunk(self.pending, self.dimension))
         self.pending = {}
+
+    def rewrite(self, keep: set[str]) -> None:
+        """Keep only the photos in ``keep``: new chunks first, then the old ones go, so a
+        crash in between leaves duplicates (harmless), never a hole."""
+        self.flush()
+        old = [key for key in self.out.list_keys(self.prefix) if key.endswith(".npz")]
+        self.entries = {sha: faces for sha, faces in self.entries.items() if sha in keep}
+        shas = sorted(self.entries)
+        stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
+        written = set()
+        for start in range(0, len(shas), CACHE_CHUNK_MAX):
+            part = {sha: self.entries[sha] for sha in shas[start : start + CACHE_CHUNK_MAX]}
+            name = f"{self.prefix}{stamp}-c{start // CACHE_CHUNK_MAX:04d}-{len(part)}.npz"
+            self.out.write_bytes(name, _write_chunk(part, self.dimension))
+            written.add(name)
+        for key in old:
+            if key not in written:
+                self.out.delete(key)
 
 
 def _write_chunk(entries: dict[str, PhotoFaces], dimension: int) -> bytes:
@@ -180,7 +202,7 @@ def person_vectors(photos: list[PhotoFaces], template: str, dimension: int) -> n
 
 @dataclass
 class BuildResult:
-    status: str  # "built", "unchanged" or "partial" (deadline reached; run again to continue)
+    status: str  # "built", "unchanged", "partial" (deadline reached; run again) or "refused"
     version: str | None = None
     embedded: int = 0
     remaining: int = 0
@@ -188,9 +210,43 @@ class BuildResult:
     vectors: int = 0
     delta: dict | None = None
     skipped: list[str] = field(default_factory=list)
+    threshold: float | None = None  # calibrated for this gallery's person count
+    error: str = ""
+    scopes: dict[str, dict] = field(default_factory=dict)  # scope name -> scope_summary()
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def scope_summary(self) -> dict:
+        keys = ("status", "version", "persons", "vectors", "threshold", "delta", "error")
+        return {key: getattr(self, key) for key in keys}
+
+
+@dataclass(frozen=True)
+class BuildScope:
+    """One gallery the build writes: everything (the default) or a regional / agency scope."""
+
+    name: str = DEFAULT_SCOPE
+    filter: ScopeFilter | None = None  # None: every active case
+    retention: timedelta = DEFAULT_RETENTION
+
+    @property
+    def prefix(self) -> str:
+        return build_prefix(self.name)
+
+    def matches(self, case: StoredCase) -> bool:
+        return self.filter is None or self.filter.matches(case)
+
+
+def version_time(version: str) -> datetime:
+    return datetime.strptime(version, VERSION_FORMAT).replace(tzinfo=UTC)
+
+
+def scope_threshold(persons: int) -> float:
+    """The decision threshold calibrated for a gallery of ``persons`` (recorded in the manifest)."""
+    from models.thresholds import threshold_for_gallery
+
+    return float(threshold_for_gallery(max(persons, 1)))
 
 
 def person_row(case: StoredCase) -> PersonRow:
@@ -207,7 +263,10 @@ class NightlyBuilder:
         self.cache = EmbeddingCache(out, self.embedder, models.dimension).load()
         self.embed = embed_photo_with(models)
 
-    def run(self, deadline: float | None = None, now: datetime | None = None) -> BuildResult:
+    def run(
+        self, deadline: float | None = None, now: datetime | None = None, scopes: list[BuildScope] | None = None
+    ) -> BuildResult:
+        """Embed what is new, then write each scope's gallery (default: one, everything, at ``gallery/``)."""
         from tqdm import tqdm
 
         from sync_service.gallery.enrol import TEMPLATE
@@ -247,16 +306,46 @@ class NightlyBuilder:
             vectors = person_vectors([f for f in faces if f is not None], TEMPLATE, self.models.dimension)
             if len(vectors):
                 groups[case.record.key], rows[case.record.key] = vectors, person_row(case)
-        gallery = canonical(groups, rows, self.models.dimension)
-        return self.write(gallery, TEMPLATE, result, now or datetime.now(UTC))
+        now = now or datetime.now(UTC)
+        self.compact_cache({p.sha256 for case in cases for p in case.photos})
+        scopes = scopes or [BuildScope()]
+        for scope in scopes:
+            keys = [case.record.key for case in cases if case.record.key in groups and scope.matches(case)]
+            gallery = canonical({k: groups[k] for k in keys}, {k: rows[k] for k in keys}, self.models.dimension)
+            try:
+                outcome = self.write(gallery, TEMPLATE, BuildResult("built"), now, scope)
+            except BuildRefused as error:
+                if len(scopes) == 1:
+                    raise
+                log.error("gallery build: scope %s refused: %s", scope.name, error)
+                outcome = BuildResult("refused", error=str(error))
+            result.scopes[scope.name] = outcome.scope_summary()
+            if scope.name == DEFAULT_SCOPE:
+                result.status, result.version, result.persons, result.vectors, result.delta = (
+                    outcome.status, outcome.version, outcome.persons, outcome.vectors, outcome.delta
+                )  # fmt: skip
+        if DEFAULT_SCOPE not in result.scopes:
+            statuses = {summary["status"] for summary in result.scopes.values()}
+            result.status = "built" if "built" in statuses else "unchanged" if statuses == {"unchanged"} else "refused"
+        return result
 
-    def previous(self) -> tuple[LatestPointer, GalleryData] | None:
-        data = self.out.read_bytes(BUILD_RECORD)
+    def compact_cache(self, live: set[str]) -> int:
+        """Drop embeddings of photos no active case holds any more (resolved or removed cases,
+        replaced photos): a found person's face leaves the cache in the same cycle."""
+        stale = [sha for sha in self.cache.entries if sha not in live]
+        if stale:
+            self.cache.rewrite(keep=live)
+            log.info("gallery build: %d embeddings of photos no longer in any active case removed", len(stale))
+        return len(stale)
+
+    def previous(self, scope: BuildScope | None = None) -> tuple[LatestPointer, GalleryData] | None:
+        root = (scope or BuildScope()).prefix
+        data = self.out.read_bytes(root + BUILD_RECORD_NAME)
         if data is None:
             return None
-        record = LatestPointer.parse(data, f"{self.out.url}/{BUILD_RECORD}")
+        record = LatestPointer.parse(data, f"{self.out.url}/{root}{BUILD_RECORD_NAME}")
         with tempfile.TemporaryDirectory() as tmp:
-            copy_bundle(self.out, BUILD_ROOT + record.full, LocalStore(tmp), "")
+            copy_bundle(self.out, root + record.full, LocalStore(tmp), "")
             try:
                 bundle = load_bundle(Path(tmp), self.public_key, require_signature=True)
             except BundleError as error:
@@ -267,14 +356,20 @@ class NightlyBuilder:
             return None
         return record, GalleryData.from_bundle(bundle)
 
-    def older(self, previous: LatestPointer) -> list[tuple[str, GalleryData]]:
-        """The builds before the previous one that still get a delta (newest first)."""
+    def older(
+        self, previous: LatestPointer, scope: BuildScope | None = None, now: datetime | None = None
+    ) -> list[tuple[str, GalleryData]]:
+        """The builds before the previous one that still get a delta (newest first): at most
+        ``DELTA_HISTORY`` builds, none older than the scope's retention."""
+        scope = scope or BuildScope()
         bases = [ref.base_version for ref in ([previous.delta] if previous.delta else []) + previous.older_deltas]
         galleries = []
         for version in bases[: DELTA_HISTORY - 1]:
+            if now is not None and version_time(version) < now - scope.retention:
+                continue  # pruned, or about to be: a device that old takes the full bundle
             with tempfile.TemporaryDirectory() as tmp:
                 try:
-                    copy_bundle(self.out, f"{BUILD_ROOT}{version}/full/", LocalStore(tmp), "")
+                    copy_bundle(self.out, f"{scope.prefix}{version}/full/", LocalStore(tmp), "")
                     bundle = load_bundle(Path(tmp), self.public_key, require_signature=True)
                 except (BundleError, PublishError, StoreError) as error:
                     log.warning("gallery build: no delta from %s (its full bundle is unusable: %s)", version, error)
@@ -283,15 +378,22 @@ class NightlyBuilder:
                 galleries.append((version, GalleryData.from_bundle(bundle)))
         return galleries
 
-    def write(self, gallery: GalleryData, template: str, result: BuildResult, now: datetime) -> BuildResult:
-        previous = self.previous()
-        check_size(gallery, previous[1] if previous else None, self.store.url)
+    def write(
+        self, gallery: GalleryData, template: str, result: BuildResult, now: datetime, scope: BuildScope | None = None
+    ) -> BuildResult:
+        scope = scope or BuildScope()
+        previous = self.previous(scope)
+        where = self.store.url if scope.name == DEFAULT_SCOPE else f"{self.store.url} (scope {scope.name})"
+        check_size(gallery, previous[1] if previous else None, where)
+        result.threshold = scope_threshold(len(gallery.persons))
         if previous is not None and _same(previous[1], gallery):
             result.status, result.version = "unchanged", previous[0].gallery_version
+            result.persons, result.vectors = len(gallery.persons), len(gallery.labels)
             return result
         record, result.delta = write_build(
             self.out, gallery, previous, embedder=self.embedder, detector=self.detector, template=template,
-            sign=self.sign, now=now, older=self.older(previous[0]) if previous else [],
+            sign=self.sign, now=now, older=self.older(previous[0], scope, now) if previous else [],
+            prefix=scope.prefix, notes={"scope": scope.name, "threshold": result.threshold},
         )  # fmt: skip
         result.version, result.persons, result.vectors = (
             record.gallery_version,
@@ -315,6 +417,8 @@ def write_build(
     sign: Callable[[bytes], bytes],
     now: datetime,
     older: list[tuple[str, GalleryData]] = (),
+    prefix: str = BUILD_ROOT,
+    notes: dict | None = None,
 ) -> tuple[LatestPointer, dict | None]:
     """Write the signed full bundle and, given the previous build, the delta from it (and from
     each ``older`` (version, gallery), for devices that missed nights); record the build last."""
@@ -330,6 +434,7 @@ def write_build(
         "embedder": embedder,
         "template": template,
         "search": choose_search(len(gallery.labels)),
+        **({"notes": notes} if notes else {}),
     }
     record = LatestPointer(gallery_version=version, full=f"{version}/full/", embedder=embedder, published_at=now)
     delta_info = None
@@ -338,7 +443,7 @@ def write_build(
         index = index_files(gallery.vectors, fields["search"])  # large galleries: devices get the index built
         write_bundle(full_dir, manifest_fields=fields, vectors=gallery.vectors, labels=gallery.labels,
                      persons=gallery.persons, extra_files=index, sign=sign)  # fmt: skip
-        copy_bundle(LocalStore(tmp), "full/", out, BUILD_ROOT + record.full)
+        copy_bundle(LocalStore(tmp), "full/", out, prefix + record.full)
         # A device applying a delta rebuilds vectors, labels and persons exactly, but not an
         # hnsw index; so deltas carry the signed manifest of the same gallery without it,
         # and such a device builds the index itself when it loads the gallery.
@@ -366,7 +471,7 @@ def write_build(
                 sign=sign,
             )
             ref = DeltaRef(base_version=base_version, path=f"{version}/{name}/")
-            copy_bundle(LocalStore(tmp), f"{name}/", out, BUILD_ROOT + ref.path)
+            copy_bundle(LocalStore(tmp), f"{name}/", out, prefix + ref.path)
             if index == 0:
                 record.delta = ref
                 delta_info = {
@@ -381,7 +486,7 @@ def write_build(
                 record.older_deltas.append(ref)
         if delta_info is not None and record.older_deltas:
             delta_info["older_bases"] = [ref.base_version for ref in record.older_deltas]
-    out.write_bytes(BUILD_RECORD, record.to_json().encode())  # last: the build is complete
+    out.write_bytes(prefix + BUILD_RECORD_NAME, record.to_json().encode())  # last: the build is complete
     return record, delta_info
 
 

@@ -24,23 +24,64 @@ import click
 
 from edge_app.gallery.bundle import MANIFEST, Manifest
 from edge_app.gallery.pointer import ANNOUNCE_TOPIC, POINTER, LatestPointer
+from sync_service.cycle.config import DEFAULT_SCOPE, DeviceCapabilities
+from sync_service.cycle.scopes import build_prefix, published_prefix
 from sync_service.store import Store, StoreError, open_store
 
 log = logging.getLogger(__name__)
 
-BUILD_RECORD = "gallery/build.json"  # in the build output: a LatestPointer for the last build
 BUILD_ROOT = "gallery/"  # bundles live under <out>/gallery/<version>/{full,delta}/
+BUILD_RECORD_NAME = "build.json"  # beside a scope's bundles: a LatestPointer for its last build
+BUILD_RECORD = BUILD_ROOT + BUILD_RECORD_NAME
 
 
 class PublishError(RuntimeError):
     pass
 
 
-def read_build_record(out: Store) -> LatestPointer:
-    data = out.read_bytes(BUILD_RECORD)
+class PublishRefused(PublishError):
+    """The build is not something the deployed devices can load; the published gallery stays as it was."""
+
+
+def read_build_record(out: Store, root: str = BUILD_ROOT) -> LatestPointer:
+    key = root + BUILD_RECORD_NAME
+    data = out.read_bytes(key)
     if data is None:
-        raise PublishError(f"{out.url}: no {BUILD_RECORD}; run `mpd gallery build --store ... --out ...` first")
-    return LatestPointer.parse(data, f"{out.url}/{BUILD_RECORD}")
+        raise PublishError(f"{out.url}: no {key}; run `mpd gallery build --store ... --out ...` first")
+    return LatestPointer.parse(data, f"{out.url}/{key}")
+
+
+def check_loadable(manifest: Manifest, full_bytes: int, devices: DeviceCapabilities) -> None:
+    """Refuse a bundle the deployed devices would reject (format, search engine, dimension,
+    embedder, size): publishing it would leave every device on its old gallery, silently."""
+    problems = []
+    if manifest.format_version not in devices.format_versions:
+        problems.append(f"format version {manifest.format_version} (devices load {devices.format_versions})")
+    if manifest.search.engine not in devices.search:
+        problems.append(
+            f"search engine {manifest.search.engine!r} for {manifest.counts.get('vectors', '?')} vectors "
+            f"(devices run {devices.search}; carry hnswlib in the device artifact or keep the gallery smaller)"
+        )
+    if manifest.dimension != devices.dimension:
+        problems.append(f"dimension {manifest.dimension} (devices embed {devices.dimension})")
+    expected = devices.embedder or _device_embedder()
+    if expected and f"{manifest.embedder.id}:{manifest.embedder.sha256}" != expected:
+        problems.append(
+            f"embedder {manifest.embedder.id}:{manifest.embedder.sha256[:12]}… (devices run {expected[:40]}…)"
+        )
+    if full_bytes > devices.max_full_bytes:
+        problems.append(f"full bundle of {full_bytes} bytes (devices take at most {devices.max_full_bytes})")
+    if problems:
+        raise PublishRefused(
+            f"gallery {manifest.gallery_version} cannot be loaded by the devices: " + "; ".join(problems)
+        )
+
+
+def _device_embedder() -> str:
+    """The embedder this code base's devices run, as "id:sha256"."""
+    from models import weights
+
+    return f"{weights.EMBEDDER.model_id}:{weights.EMBEDDER_CLEAN_SHA256}"
 
 
 def copy_bundle(source: Store, source_prefix: str, dest: Store, dest_prefix: str) -> int:
@@ -60,21 +101,58 @@ def copy_bundle(source: Store, source_prefix: str, dest: Store, dest_prefix: str
     return copied + len(manifest_bytes)
 
 
-def publish(build_out: str, destination: str) -> LatestPointer:
-    """Publish the last build in ``build_out`` to the gallery root ``destination``."""
+def publish(
+    build_out: str,
+    destination: str,
+    scope: str = DEFAULT_SCOPE,
+    devices: DeviceCapabilities | None = None,
+    now: datetime | None = None,
+) -> LatestPointer:
+    """Publish a scope's last build in ``build_out`` under the gallery root ``destination``.
+
+    Idempotent: a version already live is left as it is; an older build than the live one is
+    refused. With ``devices``, a bundle they cannot load is refused before anything is copied.
+    """
     source, dest = open_store(build_out), open_store(destination)
-    record = read_build_record(source)
-    total = copy_bundle(source, BUILD_ROOT + record.full, dest, record.full)
+    src, dst = build_prefix(scope), published_prefix(scope)
+    record = read_build_record(source, src)
+    manifest_bytes = source.read_bytes(src + record.full + MANIFEST)
+    if manifest_bytes is None:
+        raise PublishError(f"{source.url}/{src}{record.full}: no {MANIFEST} (incomplete build)")
+    manifest = Manifest.model_validate_json(manifest_bytes)
+    if devices is not None:
+        check_loadable(manifest, sum(f.size for f in manifest.files.values()), devices)
+    live_bytes = dest.read_bytes(dst + POINTER)
+    if live_bytes is not None:
+        live = LatestPointer.parse(live_bytes, f"{dest.url}/{dst}{POINTER}")
+        if live.gallery_version == record.gallery_version:
+            log.info("gallery %s (%s) is already published at %s", live.gallery_version, scope, dest.url)
+            return live
+        if live.gallery_version > record.gallery_version:
+            raise PublishError(
+                f"{dest.url}/{dst}{POINTER} names {live.gallery_version}, newer than the build's "
+                f"{record.gallery_version}; refusing to go back"
+            )
+    total = copy_bundle(source, src + record.full, dest, dst + record.full)
     for ref in record.all_deltas():
-        total += copy_bundle(source, BUILD_ROOT + ref.path, dest, ref.path)
-    pointer = record.model_copy(update={"published_at": datetime.now(UTC)})
-    dest.write_bytes(POINTER, pointer.to_json().encode())  # last: devices now see the new version
-    log.info("published gallery %s to %s (%d bytes)", pointer.gallery_version, dest.url, total)
+        total += copy_bundle(source, src + ref.path, dest, dst + ref.path)
+    pointer = record.model_copy(update={"published_at": now or datetime.now(UTC)})
+    dest.write_bytes(dst + POINTER, pointer.to_json().encode())  # last: devices now see the new version
+    log.info("published gallery %s (%s) to %s (%d bytes)", pointer.gallery_version, scope, dest.url, total)
     return pointer
 
 
-def announce(pointer: LatestPointer, host: str, port: int, ca: str, cert: str, key: str, timeout: float = 10.0) -> None:
-    """Publish the pointer as a retained QoS 1 message on ``mpd/gallery/latest`` (mutual TLS).
+def announce(
+    pointer: LatestPointer,
+    host: str,
+    port: int,
+    ca: str,
+    cert: str,
+    key: str,
+    timeout: float = 10.0,
+    topic: str = ANNOUNCE_TOPIC,
+) -> None:
+    """Publish the pointer as a retained QoS 1 message on ``topic`` (mutual TLS).
 
     Retained, so a device that connects later still hears of the newest version.
     """
@@ -90,7 +168,7 @@ def announce(pointer: LatestPointer, host: str, port: int, ca: str, cert: str, k
         raise PublishError(f"cannot reach MQTT broker {host}:{port}: {error}") from None
     client.loop_start()
     try:
-        info = client.publish(ANNOUNCE_TOPIC, pointer.to_json(), qos=1, retain=True)
+        info = client.publish(topic, pointer.to_json(), qos=1, retain=True)
         info.wait_for_publish(timeout)
         if not info.is_published():
             raise PublishError(f"MQTT broker {host}:{port} did not acknowledge the announcement in {timeout}s")

@@ -1,7 +1,7 @@
 """Ed25519 keys for gallery bundles: ``mpd keys generate`` and the builder's signer.
 
-The private key stays in the cloud (a file or an environment variable, e.g. filled
-from a secret by the Lambda runtime); it is never written into a bundle. Devices get
+The private key stays in the cloud (a file, a Secrets Manager secret read at run time,
+or an environment variable); it is never written into a bundle. Devices get
 only the public key and verify with ``cryptography`` directly (edge_app/gallery).
 """
 
@@ -22,6 +22,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 # environment variables leak into process listings and crash reports more easily).
 KEY_ENV = "MPD_GALLERY_SIGNING_KEY"
 KEY_FILE_ENV = "MPD_GALLERY_SIGNING_KEY_FILE"
+# In AWS: the Secrets Manager secret (name or ARN) holding the PEM, read at run time, so the
+# key is never in the function's configuration, template or logs.
+KEY_SECRET_ENV = "MPD_GALLERY_SIGNING_KEY_SECRET"
 
 
 class SigningKeyError(RuntimeError):
@@ -97,9 +100,25 @@ def parse_private_key(pem: bytes, origin: str) -> Ed25519PrivateKey:
     return key
 
 
+def read_secret_key(secret_id: str, client=None) -> Ed25519PrivateKey:
+    """The signing key from a Secrets Manager secret (its SecretString is the PEM)."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = client or boto3.client("secretsmanager")
+    try:
+        pem = client.get_secret_value(SecretId=secret_id)["SecretString"]
+    except (BotoCoreError, ClientError, KeyError) as error:
+        raise SigningKeyError(f"cannot read the signing key secret {secret_id}: {error}") from None
+    return parse_private_key(pem.encode(), f"secret {secret_id}")
+
+
 def load_private_key(path: Path | str | None = None) -> Ed25519PrivateKey:
-    """The signing key from ``path``, else $MPD_GALLERY_SIGNING_KEY_FILE, else $MPD_GALLERY_SIGNING_KEY (PEM)."""
+    """The signing key from ``path``, else $MPD_GALLERY_SIGNING_KEY_FILE, else the Secrets Manager
+    secret $MPD_GALLERY_SIGNING_KEY_SECRET, else $MPD_GALLERY_SIGNING_KEY (PEM)."""
     path = path or os.environ.get(KEY_FILE_ENV)
+    if not path and os.environ.get(KEY_SECRET_ENV):
+        return read_secret_key(os.environ[KEY_SECRET_ENV])
     if path:
         try:
             pem = Path(path).read_bytes()

@@ -67,6 +67,11 @@ def _readable(place: str | None) -> str | None:
     return place.title() if place and place.isupper() else place
 
 
+def _country_code(value: str | None) -> str | None:
+    """Interpol's ``country`` (where the person went missing) is an ISO alpha-2 code; anything else is dropped."""
+    return value.upper() if value and len(value) == 2 and value.isalpha() else None
+
+
 def parse_images(data: Any, images_url: str) -> list[PhotoRef]:
     """Photos from a ``/notices/v1/yellow/{id}/images`` response (bad entries are skipped)."""
     pictures = []
@@ -118,6 +123,7 @@ def parse_notice(data: Any, pictures: list[PhotoRef] | None = None) -> PersonRec
             last_seen_date=event,
             last_seen_place=", ".join(filter(None, (_readable(text(data.get("place"))), text(data.get("country")))))
             or None,
+            country=_country_code(text(data.get("country"))),
             photos=tuple(pictures),
             url=WEB_PAGE + case_id,
         )

@@ -28,6 +28,23 @@ from sync_service.sources.records import AgeRange, CaseSummary, MalformedCase, P
 
 log = logging.getLogger(__name__)
 
+# The 55 entries GET /api/CaseSets/NamUs/States returns: (name, code). Scopes accept either.
+NAMUS_STATES = [
+    ("Alabama", "AL"), ("Alaska", "AK"), ("Arizona", "AZ"), ("Arkansas", "AR"), ("California", "CA"),
+    ("Colorado", "CO"), ("Connecticut", "CT"), ("Delaware", "DE"), ("District of Columbia", "DC"),
+    ("Florida", "FL"), ("Georgia", "GA"), ("Guam", "GU"), ("Hawaii", "HI"), ("Idaho", "ID"), ("Illinois", "IL"),
+    ("Indiana", "IN"), ("Iowa", "IA"), ("Kansas", "KS"), ("Kentucky", "KY"), ("Louisiana", "LA"), ("Maine", "ME"),
+    ("Maryland", "MD"), ("Massachusetts", "MA"), ("Michigan", "MI"), ("Minnesota", "MN"), ("Mississippi", "MS"),
+    ("Missouri", "MO"), ("Montana", "MT"), ("Nebraska", "NE"), ("Nevada", "NV"), ("New Hampshire", "NH"),
+    ("New Jersey", "NJ"), ("New Mexico", "NM"), ("New York", "NY"), ("North Carolina", "NC"),
+    ("North Dakota", "ND"), ("Northern Mariana Islands", "MP"), ("Ohio", "OH"), ("Oklahoma", "OK"),
+    ("Oregon", "OR"), ("Pennsylvania", "PA"), ("Puerto Rico", "PR"), ("Rhode Island", "RI"),
+    ("South Carolina", "SC"), ("South Dakota", "SD"), ("Tennessee", "TN"), ("Texas", "TX"), ("Utah", "UT"),
+    ("Vermont", "VT"), ("Virgin Islands", "VI"), ("Virginia", "VA"), ("Washington", "WA"),
+    ("West Virginia", "WV"), ("Wisconsin", "WI"), ("Wyoming", "WY"),
+]  # fmt: skip
+
+
 API = "/api/CaseSets/NamUs"
 CASE_SET = "MissingPersons"
 # Photo categories that show the face (yokeay/baobeihuijia's PORTRAIT_CATEGORIES);

@@ -79,6 +79,9 @@ class PersonRecord(BaseModel):
     age_when_missing: AgeRange | None = None
     last_seen_date: date | None = None
     last_seen_place: str | None = None
+    # ISO 3166-1 alpha-2 of where the person went missing, when the source says (Interpol);
+    # NamUs and FBI cases are US cases. Regional galleries select by it.
+    country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")] | None = None
     modified: UtcDatetime | None = None  # the source's last-modified time
     resolved: bool = False
     photos: tuple[PhotoRef, ...] = ()

@@ -1,0 +1,1 @@
+"""The nightly cycle: scheduled ingest, build, publish and prune (cloud)."""
