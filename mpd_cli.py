@@ -17,7 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("sync_service.gallery.signing:keys_group", "Make gallery signing keys (cloud)."),
     "ingest": ("sync_service.ingest.cli:ingest_command", "Ingest cases from a public source (cloud)."),
     "dev": ("sync_service.dev_servers.cli:dev_group", "Local stand-ins for the source APIs."),
-    "cloud": ("sync_service.alerts.cli:cloud_group", "Run the alert path locally."),
+    "cloud": ("sync_service.alerts.cli:cloud_group", "Run the alert path and the nightly cycle locally."),
+    "fleet": ("sync_service.fleet.cli:fleet_group", "Fleet health: one line per device, problems first (cloud)."),
     "greengrass": ("greengrass.cli:greengrass_group", "Package for AWS IoT Greengrass v2."),
     "demo": ("demo.run:demo_command", "The whole chain on one machine, no AWS account."),
 }

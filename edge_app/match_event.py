@@ -101,6 +101,16 @@ class MatchEvent(BaseModel):
         return cls.model_validate(data)
 
 
+class CameraHealth(BaseModel):
+    """One camera in a health report: its *current* rate, not a lifetime average, so a camera
+    unplugged a minute ago shows 0 at the next report."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fps: Annotated[float, Field(ge=0.0, le=1000.0)]  # frames read since the previous report / seconds since
+    state: Literal["ok", "no frames", "stopped"] = "ok"
+
+
 class HealthReport(BaseModel):
     """Periodic device health on ``mpd/{device_id}/health``."""
 
@@ -113,6 +123,8 @@ class HealthReport(BaseModel):
     fps: float = 0.0
     outbox_depth: int = 0
     cameras: list[str] = Field(default_factory=list)
+    camera_health: dict[str, CameraHealth] = Field(default_factory=dict)  # camera id -> current state
+    interval_s: float | None = None  # the device's health interval: how long silence is normal
     detail: dict[str, float | int | str] = Field(default_factory=dict)
 
     def to_json(self) -> str:

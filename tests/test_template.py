@@ -5,6 +5,7 @@ gets only the permissions it uses."""
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import shutil
 import subprocess
@@ -69,15 +70,14 @@ def test_every_reference_resolves(template):
 
 
 def test_topic_rule_is_the_one_the_local_rule_engine_runs(template):
-    (rule,) = resources(template, "AWS::IoT::TopicRule").values()
-    payload = rule["Properties"]["TopicRulePayload"]
+    payload = template["Resources"]["MatchTopicRule"]["Properties"]["TopicRulePayload"]
     assert payload["Sql"] == RULE_SQL
     assert payload["AwsIotSqlVersion"] == RULE_SQL_VERSION
     assert LocalRule.parse(payload["Sql"]).topic_filter == "mpd/+/match"
     (action,) = payload["Actions"]
     assert action["Lambda"]["FunctionArn"] == {"Fn::GetAtt": ["AlertFunction", "Arn"]}
     assert "Sqs" in payload["ErrorAction"]  # a message the rule cannot deliver is kept, not lost
-    (permission,) = resources(template, "AWS::Lambda::Permission").values()
+    permission = template["Resources"]["AlertInvokePermission"]
     assert permission["Properties"]["Principal"] == "iot.amazonaws.com"
     assert permission["Properties"]["SourceArn"] == {"Fn::GetAtt": ["MatchTopicRule", "Arn"]}
 
@@ -112,13 +112,19 @@ def test_alert_environment_is_what_the_handler_reads(template):
     assert settings.source_urls == {"namus": "https://www.namus.gov"}
 
 
-def test_handlers_exist():
-    for name, handler in (
-        ("AlertFunction", "sync_service.alerts.handler.lambda_handler"),
-        ("GalleryBuildFunction", "sync_service.gallery.nightly.lambda_handler"),
-    ):
-        declared = decode(str(TEMPLATE))[0]["Resources"][name]["Properties"]["Handler"]
-        assert declared == handler
+HANDLERS = {
+    "AlertFunction": "sync_service.alerts.handler.lambda_handler",
+    "CycleIngestFunction": "sync_service.cycle.handlers.ingest_handler",
+    "GalleryBuildFunction": "sync_service.cycle.handlers.build_handler",
+    "GalleryPublishFunction": "sync_service.cycle.handlers.publish_handler",
+    "HealthFunction": "sync_service.fleet.handler.health_handler",
+    "FleetCheckFunction": "sync_service.fleet.handler.check_handler",
+}
+
+
+def test_handlers_exist(template):
+    for name, handler in HANDLERS.items():
+        assert template["Resources"][name]["Properties"]["Handler"] == handler
         module, attribute = handler.rsplit(".", 1)
         # An import error is a broken deployment, not a reason to skip.
         assert callable(getattr(importlib.import_module(module), attribute)), handler
@@ -145,23 +151,110 @@ def test_alert_function_has_least_privilege(template):
     }
 
 
-def test_gallery_build_reads_the_store_and_writes_only_the_gallery(template):
-    function = template["Resources"]["GalleryBuildFunction"]
-    statements = _statements(function)
-    actions = {action for s in statements for action in s["Action"]}
-    assert actions == {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
-    writes = [s for s in statements if {"s3:PutObject", "s3:DeleteObject"} & set(s["Action"])]
-    assert [s["Resource"] for s in writes] == [{"Fn::Sub": "${GalleryBucket.Arn}/published/*"}]
-    env = function["Properties"]["Environment"]["Variables"]
-    assert env["MPD_STORE_URL"] == {"Fn::Sub": "s3://${GalleryBucket}/ingest"}
-    assert env["MPD_GALLERY_OUT"] == {"Fn::Sub": "s3://${GalleryBucket}/published"}
-    assert function["Properties"]["Events"]["Nightly"]["Type"] == "Schedule"
+def _grants(function: dict) -> set[tuple[str, str]]:
+    return {(a, json.dumps(s["Resource"], sort_keys=True)) for s in _statements(function) for a in s["Action"]}
+
+
+def _s3(prefix: str) -> str:
+    return json.dumps({"Fn::Sub": "${GalleryBucket.Arn}/" + prefix + "/*"})
+
+
+def test_cycle_functions_touch_only_their_prefixes(template):
+    functions = template["Resources"]
+    ingest, build, publish = (functions[n] for n in ("CycleIngestFunction", "GalleryBuildFunction", "GalleryPublishFunction"))  # fmt: skip
+    s3 = {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
+    assert {g for g in _grants(ingest) if g[0] in s3} == {(a, _s3("ingest")) for a in s3}
+    assert {g for g in _grants(build) if g[0] in s3} == {("s3:GetObject", _s3("ingest"))} | {(a, _s3("build")) for a in s3}  # fmt: skip
+    assert {g for g in _grants(publish) if g[0] in s3} == (
+        {("s3:GetObject", _s3("build")), ("s3:DeleteObject", _s3("build"))} | {(a, _s3("published")) for a in s3}
+    )
+    # The signing key is read at run time from Secrets Manager, by the build only; never in the environment.
+    assert ("secretsmanager:GetSecretValue", json.dumps({"Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:${GallerySigningKeySecret}-*"})) in _grants(build)  # fmt: skip
+    for name, function in functions.items():
+        if function["Type"] == "AWS::Serverless::Function":
+            env = function["Properties"].get("Environment", {}).get("Variables", {})
+            assert "MPD_GALLERY_SIGNING_KEY" not in env and "resolve:secretsmanager" not in json.dumps(env), name
+            assert not any("secretsmanager" in a for a, _ in _grants(function)) or name == "GalleryBuildFunction"
+    assert build["Properties"]["Environment"]["Variables"]["MPD_GALLERY_SIGNING_KEY_SECRET"] == {"Ref": "GallerySigningKeySecret"}  # fmt: skip
+    announce = {g for g in _grants(publish) if g[0] == "iot:Publish"}
+    assert announce == {("iot:Publish", json.dumps({"Fn::Sub": "arn:${AWS::Partition}:iot:${AWS::Region}:${AWS::AccountId}:topic/mpd/gallery/*"}))}  # fmt: skip
+
+
+def _flow(states: dict, start: str) -> list[tuple[str, str]]:
+    """(function, step) of every Task in the order the happy path meets them, descending into Maps."""
+    out, seen, name = [], set(), start
+    while name and name not in seen:
+        seen.add(name)
+        state = states[name]
+        if state["Type"] == "Task":
+            params = state["Parameters"]
+            out.append((params["FunctionName"], params["Payload"].get("step")))
+        if state["Type"] == "Map":
+            out += _flow(state["ItemProcessor"]["States"], state["ItemProcessor"]["StartAt"])
+        if state["Type"] == "Choice":
+            partial = [c["Next"] for c in state["Choices"] if c.get("StringEquals") in ("listed",)]
+            name = partial[0] if partial else state["Default"]
+            if name in seen:
+                name = state["Default"]
+            continue
+        name = state.get("Next")
+    return out
+
+
+def test_state_machine_runs_the_stages_the_local_runner_runs(template):
+    machine = template["Resources"]["CycleStateMachine"]["Properties"]
+    definition = machine["Definition"]
+    assert _flow(definition["States"], definition["StartAt"]) == [
+        ("${IngestFunction}", "plan"), ("${IngestFunction}", "list"), ("${IngestFunction}", "fetch"),
+        ("${IngestFunction}", "finish"), ("${BuildFunction}", "build"), ("${PublishFunction}", "publish"),
+        ("${PublishFunction}", "prune"), ("${PublishFunction}", "outcome"),
+    ]  # fmt: skip
+    assert machine["DefinitionSubstitutions"] == {
+        "IngestFunction": {"Fn::GetAtt": ["CycleIngestFunction", "Arn"]},
+        "BuildFunction": {"Fn::GetAtt": ["GalleryBuildFunction", "Arn"]},
+        "PublishFunction": {"Fn::GetAtt": ["GalleryPublishFunction", "Arn"]},
+    }
+    states = definition["States"]
+    inner = states["Ingest"]["ItemProcessor"]["States"]
+    fetch = inner["Shards"]["ItemProcessor"]["States"]
+    # Each stage that can run out of time loops on "partial", as runner._loop does.
+    for choice, target in ((inner["Listed"], "List"), (fetch["Fetched"], "Fetch"), (states["Built"], "Build")):
+        assert {"Variable": choice["Choices"][0]["Variable"], "StringEquals": "partial", "Next": target} == choice["Choices"][0]  # fmt: skip
+    # A failed stage ends in the Fail state (the alarm) before anything is published after it.
+    for name in ("Build", "Publish", "Prune"):
+        assert states[name]["Catch"][0]["Next"] == "CycleFailed"
+    assert states["Judged"]["Choices"][0]["Next"] == "CycleFailed"
+    assert machine["Events"]["Nightly"]["Type"] == "Schedule"
+    alarm = template["Resources"]["CycleFailedAlarm"]["Properties"]
+    assert alarm["Dimensions"] == [{"Name": "StateMachineArn", "Value": {"Ref": "CycleStateMachine"}}]
+
+
+def test_health_rule_is_the_one_mpd_cloud_serve_runs_and_every_problem_alarms(template):
+    from sync_service.fleet.handler import NAMESPACE
+    from sync_service.fleet.state import HEALTH_RULE_SQL
+
+    rule = template["Resources"]["HealthTopicRule"]["Properties"]["TopicRulePayload"]
+    assert rule["Sql"] == HEALTH_RULE_SQL and LocalRule.parse(rule["Sql"]).topic_filter == "mpd/+/health"
+    assert rule["Actions"][0]["Sqs"]["QueueUrl"] == {"Ref": "HealthQueue"}
+    watched = {
+        r["Properties"]["MetricName"]
+        for r in resources(template, "AWS::CloudWatch::Alarm").values()
+        if r["Properties"].get("Namespace") == NAMESPACE
+    }
+    assert watched == {"DevicesSilent", "CamerasDown", "DevicesOutboxGrowing", "StaleGalleries"}
+    queues = {
+        r["Properties"]["Dimensions"][0]["Value"]["Fn::GetAtt"][0]
+        for r in resources(template, "AWS::CloudWatch::Alarm").values()
+        if r["Properties"]["Namespace"] == "AWS/SQS"
+    }
+    assert queues == {"AlertFailureQueue", "HealthDeadLetterQueue"}
 
 
 def test_no_wildcards_and_private_storage(template):
-    for name in ("AlertFunction", "GalleryBuildFunction"):
+    for name in HANDLERS:
         for statement in _statements(template["Resources"][name]):
-            assert statement["Resource"] != "*", name
+            # iot:DescribeEndpoint has no resource-level permissions: "*" is the only form.
+            assert statement["Resource"] != "*" or statement["Action"] == ["iot:DescribeEndpoint"], name
             assert not any(action.endswith(":*") for action in statement["Action"]), name
     bucket = template["Resources"]["GalleryBucket"]["Properties"]
     assert all(bucket["PublicAccessBlockConfiguration"].values())
@@ -177,4 +270,7 @@ def test_outputs_name_what_operators_need(template):
         "AlertFailureQueueUrl",
         "GalleryBucketName",
         "GalleryBuildFunctionArn",
+        "CycleStateMachineArn",
+        "DeviceTableName",
+        "OpsTopicArn",
     } <= set(template["Outputs"])

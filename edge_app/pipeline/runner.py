@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from edge_app.config import CameraConfig, EdgeConfig, apply_update
 from edge_app.gallery.live import LiveGallery
 from edge_app.health import HealthReporter
-from edge_app.match_event import HealthReport
+from edge_app.match_event import CameraHealth, HealthReport
 from edge_app.outbox import Outbox, OutboxSender
 from edge_app.pipeline.capture import Capture, Frame, FrameSource
 from edge_app.pipeline.frame_loop import FrameProcessor
@@ -77,6 +77,7 @@ class EdgeRunner:
         self._lock = threading.Lock()  # guards self.captures against a concurrent apply_update
         self._started_mono: float | None = None
         self._elapsed_s = 0.0
+        self._camera_marks: dict[str, tuple[float, int]] = {}  # camera -> (time, frames read) at the last report
         self.interrupted = False
 
     # --- control (any thread) ---------------------------------------------------------
@@ -232,6 +233,21 @@ class EdgeRunner:
         elapsed = self._elapsed_s or (time.monotonic() - self._started_mono if self._started_mono else 0.0)
         return self.processor.counters.frames / elapsed if elapsed > 0 else 0.0
 
+    def camera_health(self) -> dict[str, CameraHealth]:
+        """Each camera's frames per second since the previous report (a dead camera reads 0 at once)."""
+        now = time.monotonic()
+        with self._lock:
+            captures = dict(self.captures)
+        health = {}
+        for camera_id, capture in captures.items():
+            since, read_then = self._camera_marks.get(camera_id, (self._started_mono or now, 0))
+            delta = capture.frames_read - read_then
+            fps = delta / (now - since) if now > since else 0.0
+            state = "stopped" if capture.finished.is_set() else "ok" if delta > 0 else "no frames"
+            health[camera_id] = CameraHealth(fps=round(min(fps, 1000.0), 2), state=state)
+            self._camera_marks[camera_id] = (now, capture.frames_read)
+        return health
+
     def health_report(self) -> HealthReport:
         c = self.processor.counters
         return HealthReport(
@@ -240,6 +256,8 @@ class EdgeRunner:
             fps=round(self.fps(), 2),
             outbox_depth=self.outbox.depth(),
             cameras=sorted(self.captures),
+            camera_health=self.camera_health(),
+            interval_s=float(self.config.health_interval_s),
             detail={"frames": c.frames, "events": c.events, "dropped": self._all_captures_sum("dropped")},
         )
 

@@ -27,10 +27,28 @@ def cloud_group() -> None:
     show_default=True,
     help="With an AWS endpoint (moto), create the alert tables if missing.",
 )
+@click.option("--fleet/--no-fleet", default=True, show_default=True,
+              help="Also take mpd/+/health into per-device state (`mpd fleet status`).")  # fmt: skip
+@click.option("--cycle-config", type=click.Path(exists=True, dir_okay=False),
+              help="Also run the nightly cycle on its schedule with this configuration.")  # fmt: skip
+@click.option("--clock-speed", type=click.FloatRange(min=1.0), default=1.0, show_default=True,
+              help="Run the cycle's clock this many times faster than real time (3600: a night per 24 s).")  # fmt: skip
+@click.option("--cycle-now", is_flag=True, help="Run a first cycle at once instead of waiting for 03:00 UTC.")
 def serve_command(
-    mqtt_host: str, mqtt_port: int, ca: str, cert: str, key: str, client_id: str, create_tables: bool
+    mqtt_host: str,
+    mqtt_port: int,
+    ca: str,
+    cert: str,
+    key: str,
+    client_id: str,
+    create_tables: bool,
+    fleet: bool,
+    cycle_config: str | None,
+    clock_speed: float,
+    cycle_now: bool,
 ) -> None:
-    """Apply the IoT rule to MQTT messages and run the alert handler in-process.
+    """Apply the IoT rules to MQTT messages (alerts, fleet health) and run the handlers in-process,
+    and optionally the nightly cycle on a clock that can run faster than real time.
 
     AWS backend when AWS_ENDPOINT_URL is set (moto) or MPD_ALERT_BACKEND=aws; otherwise
     SQLite tables and an SMS file sink under MPD_ALERT_DIR (default .mpd/cloud).
@@ -72,11 +90,60 @@ def serve_command(
         raise click.ClickException(str(error)) from None
     where = settings.sms_sink if settings.backend == "local" else "SNS"
     click.echo(f"listening on {engine.rule.topic_filter} at {mqtt_host}:{mqtt_port}; SMS to {where}", err=True)
+    extras = []
+    if fleet:
+        extras.append(_start_fleet(settings, mqtt_host, mqtt_port, ca, cert, key, client_id))
+    if cycle_config:
+        extras.append(_start_cycle(cycle_config, clock_speed, cycle_now))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
+    for extra in extras:
+        extra.stop()
     engine.stop()
+
+
+def _start_fleet(settings, host: str, port: int, ca: str, cert: str, key: str, client_id: str):
+    import os
+
+    from sync_service.fleet.local import HealthRuleEngine
+    from sync_service.fleet.stores import create_device_table, open_device_store
+
+    env = dict(os.environ)
+    if settings.backend == "aws":
+        env.setdefault("MPD_DEVICE_TABLE", "mpd-devices")
+        if os.environ.get("AWS_ENDPOINT_URL"):
+            create_device_table(env["MPD_DEVICE_TABLE"])
+    else:
+        env["MPD_ALERT_DIR"] = str(settings.local_dir)
+    engine = HealthRuleEngine(open_device_store(env), host, port, ca, cert, key, client_id=f"{client_id}-health")
+    try:
+        engine.start()
+    except ConnectionError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"listening on {engine.rule.topic_filter}; device state for `mpd fleet status`", err=True)
+    return engine
+
+
+def _start_cycle(config_path: str, clock_speed: float, run_now: bool):
+    from sync_service.cycle.config import CycleConfigError, load_cycle_config
+    from sync_service.cycle.runner import CycleScheduler, SimulatedClock
+    from sync_service.cycle.stages import announcer_for
+    from sync_service.gallery.signing import SigningKeyError, load_private_key
+
+    try:
+        config = load_cycle_config(config_path)
+        key = load_private_key()
+    except (CycleConfigError, SigningKeyError) as error:
+        raise click.ClickException(str(error)) from None
+    scheduler = CycleScheduler(
+        config, SimulatedClock(speed=clock_speed), run_now=run_now, key=key, announcer=announcer_for(config),
+        on_result=lambda result: click.echo(json.dumps({"cycle": result["now"], **result["outcome"]})),
+    )  # fmt: skip
+    scheduler.start()
+    click.echo(f"nightly cycle every {config.cycle_hours:g} h at 03:00 UTC, clock x{clock_speed:g}", err=True)
+    return scheduler
 
 
 @cloud_group.command("sms")

@@ -172,9 +172,15 @@ def announcer_for(config: CycleConfig):
     """How this deployment announces: IoT Core's data plane (retained), a broker, or not at all."""
     settings = config.announce
     if settings.via == "iot":
+        import os
+
         import boto3
 
-        client = boto3.client("iot-data")
+        endpoint = None
+        if not os.environ.get("AWS_ENDPOINT_URL"):  # (moto answers at its own URL)
+            address = boto3.client("iot").describe_endpoint(endpointType="iot:Data-ATS")["endpointAddress"]
+            endpoint = f"https://{address}"
+        client = boto3.client("iot-data", endpoint_url=endpoint)
         return lambda topic, payload: client.publish(topic=topic, qos=1, retain=True, payload=payload.encode())
     if settings.via == "mqtt":
         from edge_app.gallery.pointer import LatestPointer
