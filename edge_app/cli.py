@@ -67,6 +67,7 @@ def _start_gallery_sync(gallery_dir: Path, settings, key, embedder_ref: dict):
     from edge_app.gallery.bundle import BundleError, ModelRef
     from edge_app.gallery.gallery import Gallery
     from edge_app.gallery.live import LiveGallery
+    from edge_app.gallery.pointer import scope_source
     from edge_app.gallery.sync_agent import SyncAgent, SyncError
 
     if (gallery_dir / "manifest.json").exists():
@@ -78,7 +79,11 @@ def _start_gallery_sync(gallery_dir: Path, settings, key, embedder_ref: dict):
         raise click.UsageError("a gallery source needs the gallery public key (--public-key or gallery.public_key)")
     try:
         agent = SyncAgent(
-            settings.source, gallery_dir, key, embedder=ModelRef(**embedder_ref), interval=settings.interval_s
+            scope_source(settings.source, settings.scope),
+            gallery_dir,
+            key,
+            embedder=ModelRef(**embedder_ref),
+            interval=settings.interval_s,
         )
         if agent.current_bundle is None:
             result = agent.sync_once()
@@ -254,6 +259,7 @@ def run_command(
 def _listen_for_announcements(agent, config):
     """Wake the agent on the retained ``mpd/gallery/latest`` message, with the device's MQTT identity."""
     from edge_app.gallery.announcements import AnnouncementListener
+    from edge_app.gallery.pointer import announce_topic
     from edge_app.mqtt_tls import MqttTlsError
 
     if not config.gallery.announcements:
@@ -262,6 +268,8 @@ def _listen_for_announcements(agent, config):
     # Its own client id: a broker (IoT Core too) disconnects an older connection with the same id.
     client_id = f"{mqtt.client_id or config.device_id}-gallery"
     try:
-        return AnnouncementListener(agent, mqtt.host, mqtt.port, mqtt.ca, mqtt.cert, mqtt.key, client_id)
+        return AnnouncementListener(
+            agent, mqtt.host, mqtt.port, mqtt.ca, mqtt.cert, mqtt.key, client_id, announce_topic(config.gallery.scope)
+        )
     except MqttTlsError as error:
         raise click.ClickException(str(error)) from None

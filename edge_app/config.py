@@ -96,6 +96,9 @@ class GalleryConfig(BaseModel):
     public_key: str = ""  # Ed25519 public key: a PEM file path or the PEM text itself
     interval_s: float = Field(default=3600.0, ge=1.0, le=7 * 86400)  # seconds between polls of latest.json
     announcements: bool = False  # also sync on the retained mpd/gallery/latest message (uses mqtt.*)
+    # The regional (or agency) gallery this device searches, as the cloud configuration names
+    # it; "" or "all" = the whole gallery. Its files are under <source>/scopes/<scope>/.
+    scope: str = Field(default="", pattern=r"^$|^[a-z0-9][a-z0-9-]{0,62}$")
 
     @field_validator("source")
     @classmethod

@@ -30,9 +30,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from edge_app.gallery.pointer import SCOPE_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +64,13 @@ def check_gallery_settings(gallery: Any) -> None:
     if gallery is None:
         return
     if not isinstance(gallery, Mapping):
-        raise ValueError(f"gallery = {gallery!r}: must be a mapping of source, public_key_pem, interval_s")
-    unknown = sorted(set(gallery) - {"source", "public_key_pem", "interval_s"})
+        raise ValueError(f"gallery = {gallery!r}: must be a mapping of source, public_key_pem, interval_s, scope")
+    unknown = sorted(set(gallery) - {"source", "public_key_pem", "interval_s", "scope"})
     if unknown:
         raise ValueError(f"gallery.{unknown[0]}: unknown key")
+    scope = gallery.get("scope", "")
+    if not isinstance(scope, str) or (scope and not re.match(SCOPE_PATTERN, scope)):
+        raise ValueError(f"gallery.scope = {scope!r}: a scope name the cloud configuration defines (a-z, 0-9, -)")
     source = gallery.get("source", "")
     if not isinstance(source, str) or ("://" in source and not source.startswith(("s3://", "http://", "https://"))):
         raise ValueError(f"gallery.source = {source!r}: use a folder, http(s):// or s3:// location")

@@ -13,13 +13,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_app.gallery.bundle import ModelRef
 from edge_app.gallery.bundle import sha256_file as sha256_of
 from edge_app.gallery.gallery import Gallery
+from edge_app.gallery.pointer import scope_source
 from edge_app.gallery.sync_agent import SyncAgent
+from mpd_cli import main
 from sync_service.cycle.config import parse_cycle_config
 from sync_service.cycle.runner import run_cycle
 from sync_service.dev_servers.fixtures import FixtureCase, write_fixture_cases
@@ -115,7 +118,7 @@ def test_two_nights_device_takes_the_delta_and_the_resolved_person_is_gone(faces
         assert night1["publish"]["scopes"]["texas"]["status"] == "published"
 
         device = SyncAgent(str(published), tmp_path / "device", key.public_key())
-        texas_device = SyncAgent(str(published / "scopes" / "texas"), tmp_path / "texas-device", key.public_key())
+        texas_device = SyncAgent(scope_source(str(published), "texas"), tmp_path / "texas-device", key.public_key())
         assert device.sync_once().version == everything["version"]
         assert texas_device.sync_once().version == texas["version"]
         gallery = Gallery.from_bundle(device.dir.load())
@@ -145,6 +148,14 @@ def test_two_nights_device_takes_the_delta_and_the_resolved_person_is_gone(faces
     assert gallery.search(probe(models, faces_dir, "alex_lacamoire"), 1)[0][0].person_id == "namus:MP7005"
     assert texas_device.sync_once().version == night2["build"]["scopes"]["texas"]["version"]
     assert set(Gallery.from_bundle(texas_device.dir.load()).persons) == {"namus:MP7002", "namus:MP7005"}
+
+    # A device configured with the scope (gallery.scope / mpd sync --scope) gets the regional gallery.
+    pub = tmp_path / "gallery.pub"
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
+    synced = CliRunner().invoke(main, ["sync", "--from", str(published), "--dir", str(tmp_path / "cli-device"),
+                                       "--public-key", str(pub), "--scope", "texas", "--once"])  # fmt: skip
+    assert synced.exit_code == 0, synced.output
+    assert (tmp_path / "cli-device" / "current").resolve().name == night2["build"]["scopes"]["texas"]["version"]
 
     # Nothing a device can download holds the resolved person; only the live versions remain.
     ids = downloadable_person_ids(published)

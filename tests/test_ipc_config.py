@@ -356,7 +356,7 @@ def test_gallery_settings_are_checked_but_left_to_the_run_step(watched, nucleus,
     gallery = {"source": "s3://mpd-galleries/namus", "public_key_pem": gallery_public_key_pem, "interval_s": "1800"}
     assert nucleus.deploy({"gallery": gallery}, "set-gallery") == "SUCCEEDED"
     assert nucleus.reports[-1].status == "ACCEPTED"
-    assert nucleus.configuration["gallery"] == gallery
+    assert nucleus.configuration["gallery"] == {"scope": "", **gallery}  # scope: the recipe's default
     time.sleep(0.2)
     assert target.calls == []  # the Run step reads gallery.*; the pipeline's model never sees it
 
@@ -371,6 +371,7 @@ def test_gallery_settings_are_checked_but_left_to_the_run_step(watched, nucleus,
         ({"source": "ftp://galleries.example.org/"}, "gallery.source = 'ftp://galleries.example.org/'"),
         ({"interval_s": "5"}, "gallery.interval_s = '5'"),
         ({"sourse": "s3://mpd-galleries/namus"}, "gallery.sourse: unknown key"),
+        ({"scope": "../texas"}, "gallery.scope = '../texas'"),
     ],
 )
 def test_bad_gallery_settings_are_rejected(watched, nucleus, gallery, expected):

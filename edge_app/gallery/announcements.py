@@ -25,12 +25,20 @@ class AnnouncementListener:
     Raises ``edge_app.mqtt_tls.MqttTlsError`` when the TLS files cannot be loaded."""
 
     def __init__(
-        self, agent: SyncAgent, host: str, port: int, ca: str | Path, cert: str | Path, key: str | Path, client_id: str
+        self,
+        agent: SyncAgent,
+        host: str,
+        port: int,
+        ca: str | Path,
+        cert: str | Path,
+        key: str | Path,
+        client_id: str,
+        topic: str = ANNOUNCE_TOPIC,  # a regional gallery's own topic (pointer.announce_topic)
     ) -> None:
         self.agent = agent
         self.received = 0
         client = mutual_tls_client(client_id, ca, cert, key, reconnect_delay=(1, 300))
-        client.on_connect = lambda c, userdata, flags, rc, props: c.subscribe(ANNOUNCE_TOPIC, qos=1)
+        client.on_connect = lambda c, userdata, flags, rc, props: c.subscribe(topic, qos=1)
         client.on_message = self._on_message
         client.connect_async(host, port, keepalive=120)
         client.loop_start()

@@ -7,12 +7,14 @@ command-line errors.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import click
 
 from edge_app.gallery.bundle import BundleError
 from edge_app.gallery.install import PUBLIC_KEY_ENV, load_public_key
+from edge_app.gallery.pointer import SCOPE_PATTERN, announce_topic, scope_source
 from edge_app.mqtt_tls import MqttTlsError
 
 
@@ -31,6 +33,8 @@ def resolve_public_key(path: str | None):
 @click.option("--dir", "gallery_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="The device's gallery directory.")  # fmt: skip
 @click.option("--public-key", help=f"Gallery public key (PEM); default ${PUBLIC_KEY_ENV}.")
+@click.option("--scope", envvar="MPD_GALLERY__SCOPE", default="", show_default=True,
+              help="Regional gallery to take (as the cloud names it); empty: the whole gallery.")  # fmt: skip
 @click.option("--once", is_flag=True, help="Sync once and exit (status 1 if the sync failed).")
 @click.option("--interval", default=3600.0, show_default=True, help="Seconds between polls.")
 @click.option("--mqtt-host", help="Also sync on announcements on mpd/gallery/latest from this broker.")
@@ -43,6 +47,7 @@ def sync_command(
     source: str,
     gallery_dir: Path,
     public_key: str | None,
+    scope: str,
     once: bool,
     interval: float,
     mqtt_host: str | None,
@@ -56,8 +61,12 @@ def sync_command(
     from edge_app.gallery.announcements import AnnouncementListener
     from edge_app.gallery.sync_agent import SyncAgent, SyncError
 
+    if scope and not re.match(SCOPE_PATTERN, scope):
+        raise click.BadParameter(
+            f"{scope!r} is not a scope name (lower-case letters, digits, '-')", param_hint="--scope"
+        )
     try:
-        agent = SyncAgent(source, gallery_dir, resolve_public_key(public_key), interval=interval)
+        agent = SyncAgent(scope_source(source, scope), gallery_dir, resolve_public_key(public_key), interval=interval)
     except (SyncError, BundleError, OSError) as error:
         raise click.ClickException(str(error)) from None
     if not once:
@@ -66,7 +75,9 @@ def sync_command(
             if not (mqtt_ca and mqtt_cert and mqtt_key):
                 raise click.UsageError("--mqtt-host needs --mqtt-ca, --mqtt-cert and --mqtt-key (mutual TLS)")
             try:
-                listener = AnnouncementListener(agent, mqtt_host, mqtt_port, mqtt_ca, mqtt_cert, mqtt_key, client_id)
+                listener = AnnouncementListener(
+                    agent, mqtt_host, mqtt_port, mqtt_ca, mqtt_cert, mqtt_key, client_id, announce_topic(scope)
+                )
             except MqttTlsError as error:
                 raise click.ClickException(str(error)) from None
         agent.start()

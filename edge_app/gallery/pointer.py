@@ -19,6 +19,26 @@ POINTER = "latest.json"
 POINTER_SCHEMA = "mpd.gallery.latest/1"
 ANNOUNCE_TOPIC = "mpd/gallery/latest"
 MAX_POINTER_BYTES = 64 * 1024
+# Regional (or agency) galleries: the default scope is the whole gallery at the root; a named
+# scope has its own root, pointer, versions, deltas and announcement topic.
+DEFAULT_SCOPE = "all"
+SCOPE_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+
+def scope_prefix(scope: str) -> str:
+    """A scope's gallery root relative to the published root ("" for the whole gallery)."""
+    return "" if scope in ("", DEFAULT_SCOPE) else f"scopes/{scope}/"
+
+
+def scope_source(source: str, scope: str) -> str:
+    """The gallery root a device of ``scope`` syncs from, given the published root ``source``."""
+    prefix = scope_prefix(scope)
+    return source if not prefix else source.rstrip("/") + "/" + prefix
+
+
+def announce_topic(scope: str) -> str:
+    """The retained topic announcing a scope's newest version."""
+    return ANNOUNCE_TOPIC if scope in ("", DEFAULT_SCOPE) else f"mpd/gallery/{scope}/latest"
 
 
 class PointerError(BundleError):

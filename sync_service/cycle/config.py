@@ -17,9 +17,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edge_app.gallery.pointer import DEFAULT_SCOPE, SCOPE_PATTERN
+
 CONFIG_ENV = "MPD_CYCLE_CONFIG"
-DEFAULT_SCOPE = "all"
-ScopeName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+ScopeName = Annotated[str, Field(pattern=SCOPE_PATTERN)]
 
 
 class CycleConfigError(ValueError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edge_app.gallery.pointer import announce_topic, scope_prefix  # noqa: F401  (the device's definitions)
 from sync_service.cycle.config import DEFAULT_SCOPE, ScopeSettings
 from sync_service.sources.namus import NAMUS_STATES
 from sync_service.store import StoredCase
@@ -30,12 +31,7 @@ def build_prefix(scope: str) -> str:
 
 def published_prefix(scope: str) -> str:
     """A scope's gallery root relative to the published root (what its devices sync from)."""
-    return "" if scope == DEFAULT_SCOPE else f"scopes/{scope}/"
-
-
-def announce_topic(scope: str) -> str:
-    """The retained MQTT topic announcing a scope's newest version."""
-    return "mpd/gallery/latest" if scope == DEFAULT_SCOPE else f"mpd/gallery/{scope}/latest"
+    return scope_prefix(scope)
 
 
 @dataclass(frozen=True)
