@@ -32,7 +32,18 @@ DEVICE = [
 # nor it hnswlib 0.8's: docs/greengrass.md). Recall and speed measured equal.
 LARGE_GALLERY = ["chroma-hnswlib==0.7.6"]
 GREENGRASS = ["awsiotsdk>=1.21,<2"]
-CLOUD = ["boto3>=1.34,<2", "aws-lambda-powertools>=3.0,<4", "jsonschema>=4.20,<5", "gsm0338>=1.1,<2"]
+CLOUD = [
+    "boto3>=1.34,<2",
+    "aws-lambda-powertools>=3.0,<4",
+    "jsonschema>=4.20,<5",
+    "gsm0338>=1.1,<2",
+    # Source APIs are possibly hostile: resolve, refuse private/loopback/link-local addresses
+    # and pin the connection to the checked address (sync_service/http.py).
+    "requests-hardened>=1.3,<2",
+    # 2.6 decodes gzip/deflate/br/zstd in bounded steps, so the decoded size cap holds
+    # against a compression bomb (sync_service/http.py).
+    "urllib3>=2.6,<3",
+]
 DEMO = ["scikit-image>=0.24,<0.27"]
 DEV = [
     "pytest>=8,<10",

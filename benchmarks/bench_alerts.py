@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -146,6 +147,7 @@ def bench_handler(moto: MotoServer, events: int, workdir: Path) -> dict:
         workdir / "namus", "namus", [FixtureCase(990001, "Dana", "Example")], states=["Illinois"]
     )
     with SourceServer("namus", data) as server:
+        os.environ.setdefault("MPD_SOURCES_ALLOW_LOOPBACK", "1")  # the lookup asks the local NamUs stand-in
         looked_up = build_service(settings.model_copy(update={"source_urls": {"namus": server.url}}))
         samples = []
         for n in range(min(events, 100)):

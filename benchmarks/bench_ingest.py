@@ -62,7 +62,7 @@ def make_data(folder: Path, count: int) -> Path:
 
 
 def run_ingest(server: SourceServer, store_dir: Path, rate: float, **client_options) -> dict:
-    client = PoliteClient(rate, **{"backoff_base": 0.2, "backoff_max": 2.0, **client_options})
+    client = PoliteClient(rate, **{"backoff_base": 0.2, "backoff_max": 2.0, "allow_loopback": True, **client_options})
     started = time.monotonic()
     try:
         summary = Ingest(make_adapter("namus", server.url, client=client), LocalStore(store_dir)).run()
@@ -120,7 +120,8 @@ def bench_resume(work: Path, cases: int, repeats: int, rate: float) -> dict:
     runs = []
     for index in range(repeats):
         with SourceServer("namus", data) as server:
-            common = ["namus", "--base-url", server.url, "--rate-limit", f"{rate:g}", "--no-progress", "--json"]
+            common = ["namus", "--base-url", server.url, "--rate-limit", f"{rate:g}", "--no-progress", "--json",
+                      "--allow-loopback"]  # fmt: skip
             whole_store = work / f"whole-{index}"
             started = time.monotonic()
             subprocess.run([sys.executable, "-m", "mpd_cli", "ingest", *common, "--store", str(whole_store)],
@@ -198,7 +199,7 @@ def run_ingest_down(work: Path, rate: float) -> dict:
 
     result = subprocess.run(
         [sys.executable, "-m", "mpd_cli", "ingest", "namus", "--base-url", f"http://127.0.0.1:{free_port()}",
-         "--store", str(work / "down"), "--rate-limit", f"{rate:g}", "--retries", "2"],
+         "--store", str(work / "down"), "--rate-limit", f"{rate:g}", "--retries", "2", "--allow-loopback"],
         capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
     return {"exit_code": result.returncode, "stderr_last_line": result.stderr.strip().splitlines()[-1]}

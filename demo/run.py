@@ -193,6 +193,8 @@ def deliver_events(events_file: Path, cloud_dir: Path, source_url: str | None) -
     import os
 
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")  # the report prints the decisions
+    if source_url:
+        os.environ.setdefault("MPD_SOURCES_ALLOW_LOOPBACK", "1")  # the fresh-details lookup asks the local stand-in
     from sync_service.alerts.config import AlertSettings, Sites
     from sync_service.alerts.handler import LocalContext, build_service
     from sync_service.alerts.rule import LocalRule
@@ -255,7 +257,8 @@ def demo_command(photos: Path | None, video: Path | None, workdir: Path, keep: b
     try:
         with report.step(2, total, f"Ingesting from the local NamUs server at {server.url}"):
             result = mpd("ingest", "namus", "--base-url", server.url, "--store", str(work / "store"),
-                         "--states", DEMO_STATE, "--rate-limit", "50", "--json", capture=True)  # fmt: skip
+                         "--states", DEMO_STATE, "--rate-limit", "50", "--allow-loopback", "--json",
+                         capture=True)  # fmt: skip
             report.facts["ingest"] = json.loads(result.stdout)
         with report.step(3, total, "Generating the gallery signing keys"):
             mpd(

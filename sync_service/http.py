@@ -1,9 +1,18 @@
-"""A polite HTTP client for public case databases that publish no rate limit.
+"""A polite, guarded HTTP client for public case databases that publish no rate limit.
 
 Every request waits its turn (default 1 request/s, retries included), says who is
 asking (a descriptive User-Agent: the FBI WAF answers 403 without one), has
 timeouts, and is retried with exponential backoff and jitter on 5xx, 429 and
 timeouts. A ``Retry-After`` header is honoured as the minimum wait.
+
+A source (or anyone between us and it) is treated as possibly hostile: every answer
+is capped by its size *after* decoding (a 200 KB gzip body can inflate to gigabytes),
+only allowed hosts are asked and redirects are followed only to them, and no request
+goes to a private, loopback or link-local address: the resolved address is checked
+and the connection pinned to it (``requests-hardened``), so a name that resolves, or
+re-resolves, to the cloud metadata service is refused. Loopback is allowed only on
+explicit opt-in (``allow_loopback`` or ``$MPD_SOURCES_ALLOW_LOOPBACK=1``: the local
+dev source servers).
 """
 
 from __future__ import annotations
@@ -11,14 +20,19 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import os
 import random
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import requests
+from requests_hardened import Config, HTTPSession
+from requests_hardened.ip_filter import InvalidIPAddress
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 log = logging.getLogger(__name__)
@@ -28,6 +42,14 @@ USER_AGENT = (
     "+https://github.com/missing-person-alerts)"
 )
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+# The default cap on a decoded answer (a JSON listing page). The largest real ones are
+# far smaller: an FBI list page of 50 items is about 0.25 MB, a NamUs search page of
+# 1000 rows about 0.2 MB. Parsed JSON can take ~25x its text in memory, so the cap
+# bounds the parse too. Single case bodies and photos pass their own caps.
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+ALLOW_LOOPBACK_ENV = "MPD_SOURCES_ALLOW_LOOPBACK"
 
 
 class HttpError(RuntimeError):
@@ -45,6 +67,45 @@ class BodyTooLarge(HttpError):
 
 class MalformedResponse(HttpError):
     """The server answered 200 but the body is not what was asked for (e.g. broken JSON)."""
+
+
+class BlockedRequest(HttpError):
+    """A request not sent, or a redirect not followed: the URL's scheme or host is not allowed
+    for it, or its host resolves to a private, loopback or link-local address. Never retried."""
+
+    def __init__(self, message: str, url: str, reason: str) -> None:
+        super().__init__(message, url)
+        self.reason = reason  # a short phrase for summaries: "host not allowed", "private address", ...
+
+
+def host_key(url: str) -> str:
+    """``host`` or ``host:port`` (when the URL names a port) of ``url``, lower case."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{host}:{port}" if port is not None else host
+
+
+def is_allowed_host(url: str, hosts: Collection[str]) -> bool:
+    """True when the URL's host is in ``hosts``, either by name (any port) or as ``host:port``."""
+    hostname = (urlsplit(url).hostname or "").lower()
+    return bool(hostname) and (hostname in hosts or host_key(url) in hosts)
+
+
+def check_target(url: str, hosts: Collection[str], what: str = "GET") -> None:
+    """Raise ``BlockedRequest`` unless ``url`` is http(s) on one of ``hosts``."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in ("http", "https"):
+        raise BlockedRequest(f"{what} {url}: only http and https URLs are fetched", url, "scheme not allowed")
+    if not is_allowed_host(url, hosts):
+        raise BlockedRequest(
+            f"{what} {url}: host {host_key(url) or '(none)'} is not allowed here (allowed: {', '.join(sorted(hosts))})",
+            url,
+            "host not allowed",
+        )
 
 
 class _Retryable(Exception):
@@ -103,7 +164,7 @@ class ClientStats:
 
 
 class PoliteClient:
-    """GET/POST with a rate limit, a User-Agent, timeouts and retries."""
+    """GET/POST with a rate limit, a User-Agent, timeouts, retries, size caps and an address guard."""
 
     def __init__(
         self,
@@ -116,6 +177,8 @@ class PoliteClient:
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
         max_retry_after: float = 300.0,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        allow_loopback: bool | None = None,
         extra_headers: dict[str, str] | None = None,
     ) -> None:
         self.limiter = RateLimiter(rate_limit)
@@ -124,7 +187,21 @@ class PoliteClient:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.max_retry_after = max_retry_after
-        self.session = requests.Session()
+        self.max_body_bytes = max_body_bytes
+        if allow_loopback is None:
+            allow_loopback = os.environ.get(ALLOW_LOOPBACK_ENV, "").strip().lower() in ("1", "true", "yes")
+        self.allow_loopback = allow_loopback
+        # Resolves each host itself, refuses private/loopback/link-local addresses and pins
+        # the connection to the checked address (no second lookup an attacker could change).
+        # Redirects are never followed by the session: ``request`` follows them to allowed hosts.
+        self.session = HTTPSession(
+            Config(
+                ip_filter_enable=True,
+                ip_filter_allow_loopback_ips=allow_loopback,
+                never_redirect=True,
+                default_timeout=self.timeout,
+            )
+        )
         self.session.headers.update({"User-Agent": user_agent, "Accept": "application/json, image/*;q=0.9"})
         if extra_headers:
             self.session.headers.update(extra_headers)
@@ -144,9 +221,42 @@ class PoliteClient:
         self.stats.failures[reason] = self.stats.failures.get(reason, 0) + 1
         log.warning("retrying after %s (attempt %d, waiting %.1fs)", reason, state.attempt_number, state.upcoming_sleep)
 
-    def request(self, method: str, url: str, *, max_bytes: int | None = None, **kwargs: Any) -> requests.Response:
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        max_bytes: int | None = None,
+        allowed_hosts: Collection[str] | None = None,
+        **kwargs: Any,
+    ) -> requests.Response:
         """One logical request. Returns the final response (any status that is not retried);
-        raises ``HttpError`` when retries run out or the server is unreachable."""
+        raises ``HttpError`` when retries run out or the server is unreachable,
+        ``BodyTooLarge`` past ``max_bytes`` (default ``max_body_bytes``) decoded bytes, and
+        ``BlockedRequest`` for a URL or redirect outside ``allowed_hosts`` (default: the
+        URL's own host) or an address that is not public."""
+        max_bytes = self.max_body_bytes if max_bytes is None else max_bytes
+        hosts = frozenset(h.lower() for h in allowed_hosts) if allowed_hosts is not None else {host_key(url)}
+        check_target(url, hosts, method)
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self._with_retries(method, url, max_bytes, kwargs)
+            location = response.headers.get("Location")
+            if response.status_code not in REDIRECT_STATUSES or not location:
+                return response
+            target = urljoin(url, location)
+            if urlsplit(url).scheme == "https" and urlsplit(target).scheme != "https":
+                raise BlockedRequest(f"{method} {url}: redirect to {target} leaves https; not followed", url,
+                                     "redirect refused")  # fmt: skip
+            try:
+                check_target(target, hosts, f"{method} {url}: redirect to")
+            except BlockedRequest as error:
+                raise BlockedRequest(str(error), url, "redirect refused") from None
+            if response.status_code == 303 or (response.status_code in (301, 302) and method == "POST"):
+                method, kwargs = "GET", {k: v for k, v in kwargs.items() if k not in ("json", "data")}
+            url = target
+        raise HttpError(f"{method} {url}: more than {MAX_REDIRECTS} redirects", url)
+
+    def _with_retries(self, method: str, url: str, max_bytes: int, kwargs: dict[str, Any]) -> requests.Response:
         retrying = Retrying(
             stop=stop_after_attempt(self.max_attempts),
             wait=self._wait_seconds,
@@ -163,12 +273,20 @@ class PoliteClient:
                 getattr(error, "status", None),
             ) from None
 
-    def _attempt(self, method: str, url: str, max_bytes: int | None, kwargs: dict[str, Any]) -> requests.Response:
+    def _attempt(self, method: str, url: str, max_bytes: int, kwargs: dict[str, Any]) -> requests.Response:
         self.stats.request_starts.append(self.limiter.wait())
         self.stats.requests += 1
         try:
             response = self.session.request(method, url, timeout=self.timeout, stream=True, **kwargs)
-            body = self._read_body(response, max_bytes, url)
+            body = self._read_body(response, max_bytes, method, url)
+        except InvalidIPAddress as error:  # raised before anything is sent
+            raise BlockedRequest(
+                f"{method} {url}: {urlsplit(url).hostname} resolves to {error}, a private, loopback or link-local "
+                f"address; not fetched"
+                + ("" if self.allow_loopback else f" (local dev servers: {ALLOW_LOOPBACK_ENV}=1)"),
+                url,
+                "private address",
+            ) from None
         except requests.Timeout as error:
             raise _Retryable(f"timeout ({type(error).__name__})") from None
         except requests.ConnectionError as error:
@@ -190,13 +308,33 @@ class PoliteClient:
             raise error
         return response
 
-    def _read_body(self, response: requests.Response, max_bytes: int | None, url: str) -> bytes:
+    def _read_body(self, response: requests.Response, max_bytes: int, method: str, url: str) -> bytes:
+        """The decoded body, read in chunks and abandoned as soon as it passes ``max_bytes``.
+
+        requests/urllib3 (>= 2.6) decode gzip, deflate, br and zstd in bounded steps, so a
+        small compressed answer that inflates to gigabytes costs at most one step past the
+        cap, never the whole expansion.
+        """
+
+        def too_large() -> BodyTooLarge:
+            response.close()
+            encoding = response.headers.get("Content-Encoding")
+            return BodyTooLarge(
+                f"{method} {url}: answer larger than {max_bytes} bytes"
+                + (f" after {encoding} decoding" if encoding else "")
+                + "; not read further",
+                url,
+                response.status_code,
+            )
+
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > max_bytes and not response.headers.get("Content-Encoding"):
+            raise too_large()
         chunks, total = [], 0
         for chunk in response.iter_content(64 * 1024):
             total += len(chunk)
-            if max_bytes is not None and total > max_bytes:
-                response.close()
-                raise BodyTooLarge(f"GET {url}: body is larger than {max_bytes} bytes", url, response.status_code)
+            if total > max_bytes:
+                raise too_large()
             chunks.append(chunk)
         self.stats.bytes_received += total
         return b"".join(chunks)
@@ -214,19 +352,21 @@ class PoliteClient:
 
     @staticmethod
     def json_of(response: requests.Response, method: str, url: str) -> Any:
-        """The JSON body of a finished response; ``HttpError`` on non-2xx, ``MalformedResponse`` if not JSON."""
-        if not response.ok:
-            raise HttpError(
-                f"{method} {url}: HTTP {response.status_code} {response.text[:200]!r}", url, response.status_code
-            )
+        """The JSON body of a finished response; ``HttpError`` on non-2xx, ``MalformedResponse``
+        if it is not JSON we can hold (broken, invalid UTF-8, nested too deeply, a number
+        too long to convert). No part of a refused body is put in the message."""
+        what = f"{response.headers.get('Content-Type') or 'no content type'}, {len(response.content)} bytes"
+        if not 200 <= response.status_code < 300:
+            raise HttpError(f"{method} {url}: HTTP {response.status_code} ({what})", url, response.status_code)
         try:
             return json.loads(response.content)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise MalformedResponse(
-                f"{method} {url}: body is not JSON ({error}); starts {response.content[:60]!r}",
-                url,
-                response.status_code,
-            ) from None
+        except RecursionError:
+            raise MalformedResponse(f"{method} {url}: body is not JSON we can read (nested too deeply; {what})", url,
+                                    response.status_code) from None  # fmt: skip
+        except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, int digits limit
+            reason = str(error).split(";")[0][:160]
+            raise MalformedResponse(f"{method} {url}: body is not JSON ({reason}; {what})", url,
+                                    response.status_code) from None  # fmt: skip
 
     def close(self) -> None:
         self.session.close()

@@ -32,6 +32,7 @@ from sync_service.alerts.sms import segment_count
 from sync_service.alerts.stores import read_sms_sink
 from sync_service.dev_servers.fixtures import FixtureCase, write_fixture_cases
 from sync_service.dev_servers.server import Faults, SourceServer
+from sync_service.http import ALLOW_LOOPBACK_ENV
 from tests.servers import free_port
 
 PHONE = "+15555550123"
@@ -93,7 +94,9 @@ class NamusDev:
 @pytest.fixture(scope="module")
 def namus(tmp_path_factory) -> Iterator[NamusDev]:
     server = NamusDev(tmp_path_factory.mktemp("namus"))
-    yield server
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ALLOW_LOOPBACK_ENV, "1")  # the explicit opt-in for a source on 127.0.0.1
+        yield server
     server.close()
 
 

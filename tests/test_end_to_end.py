@@ -90,6 +90,7 @@ class Chain:
         self.member_photo = self.gallery[0][1][0]
         self.strangers = stranger_photos(faces_dir, {name for name, _ in self.gallery}, 2)
         self.env = {
+            "MPD_SOURCES_ALLOW_LOOPBACK": "1",  # the explicit opt-in for the NamUs stand-in on 127.0.0.1
             "AWS_ENDPOINT_URL": moto.url,
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",

@@ -54,7 +54,9 @@ def namus_cases(photos: list[Path], count: int, start: int = 1000) -> list[Fixtu
 
 
 def ingest(source: str, server: SourceServer, store: Store, **options) -> IngestSummary:
-    client = PoliteClient(options.pop("rate_limit", 500), backoff_base=0.01, backoff_max=0.05, max_attempts=4)
+    client = PoliteClient(
+        options.pop("rate_limit", 500), backoff_base=0.01, backoff_max=0.05, max_attempts=4, allow_loopback=True
+    )
     return Ingest(make_adapter(source, server.url, client=client), store, **options).run()
 
 
@@ -174,7 +176,7 @@ def test_429_with_retry_after_is_honoured_in_a_run(tmp_path, face_photos):
 
 def run_cli(*args: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "mpd_cli", "ingest", *args],
+        [sys.executable, "-m", "mpd_cli", "ingest", *args, "--allow-loopback"],  # the dev servers are local
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -234,7 +236,7 @@ def test_fbi_ingest_end_to_end(tmp_path, face_photos):
         server.requests.clear()
         assert ingest("fbi", server, store).unchanged == 3
         assert all(r.path.startswith("/wanted/v1/list") for r in server.requests)
-        adapter = make_adapter("fbi", server.url, rate_limit=100)
+        adapter = make_adapter("fbi", server.url, rate_limit=100, allow_loopback=True)
         assert adapter.fetch_case(cases[0].case_id).name == "Fbi0 Madeup"
         assert adapter.fetch_case("f" * 32) is None
 
@@ -265,7 +267,7 @@ def test_interpol_window_is_crawled_by_partition(tmp_path):
              for i in range(170)]  # fmt: skip
     data = write_fixture_cases(tmp_path / "data", "interpol", cases)
     with SourceServer("interpol", data) as server:
-        adapter = make_adapter("interpol", server.url, rate_limit=500)
+        adapter = make_adapter("interpol", server.url, rate_limit=500, allow_loopback=True)
         assert len({s.case_id for s in adapter.list_scope("")}) == 170
         assert adapter.incomplete == {}
 
@@ -331,7 +333,7 @@ def test_source_failing_mid_run_stops_after_a_few_cases_and_resumes(tmp_path, fa
         def source_goes_down(case_id: str) -> None:
             server.faults.server_errors = 10_000
 
-        client = PoliteClient(500, backoff_base=0.01, max_attempts=2)
+        client = PoliteClient(500, backoff_base=0.01, max_attempts=2, allow_loopback=True)
         run = Ingest(make_adapter("namus", server.url, client=client), store, max_consecutive_failures=3,
                      on_case=source_goes_down)  # fmt: skip
         with pytest.raises(SourceDown, match="failed 3 cases in a row"):
@@ -372,13 +374,13 @@ def test_stale_checkpoint_is_not_resumed(tmp_path, face_photos):
         def source_goes_down(case_id: str) -> None:
             server.faults.server_errors = 10_000
 
-        client = PoliteClient(500, backoff_base=0.01, max_attempts=1)
+        client = PoliteClient(500, backoff_base=0.01, max_attempts=1, allow_loopback=True)
         with pytest.raises(SourceDown):
             Ingest(make_adapter("namus", server.url, client=client), store, max_consecutive_failures=1,
                    on_case=source_goes_down).run()  # fmt: skip
         server.faults.server_errors = 0
         server.faults.seen.clear()
-        client = PoliteClient(500)
+        client = PoliteClient(500, allow_loopback=True)
         summary = Ingest(make_adapter("namus", server.url, client=client), store, max_checkpoint_age=0).run()
     assert not summary.resumed and (summary.new, summary.unchanged) == (3, 1)
 
@@ -430,7 +432,7 @@ def test_partial_listing_skips_the_vanished_check_and_total_failure_stops(tmp_pa
         assert store.read_json("state/ingest-namus/listing.json") is not None  # a rerun lists Ohio again
 
         server.httpd.RequestHandlerClass._namus_search = lambda handler, body: handler._json(503, {})
-        client = PoliteClient(500, backoff_base=0.01, max_attempts=1)
+        client = PoliteClient(500, backoff_base=0.01, max_attempts=1, allow_loopback=True)
         with pytest.raises(SourceDown, match="every listing request failed"):
             Ingest(make_adapter("namus", server.url, client=client), LocalStore(tmp_path / "other")).run()
 
@@ -473,7 +475,7 @@ def test_states_run_judges_only_its_own_states(tmp_path, face_photos):
 def test_namus_search_without_ordering_and_with_a_shifting_index(tmp_path):
     data = write_fixture_cases(tmp_path / "data", "namus", made_up_cases(5, states=("Vermont",)), states=["Vermont"])
     with SourceServer("namus", data) as server:
-        adapter = make_adapter("namus", server.url, rate_limit=500)
+        adapter = make_adapter("namus", server.url, rate_limit=500, allow_loopback=True)
         adapter.page_size = 2
         adapter.order = [{"field": "undocumentedField", "direction": "Ascending"}]  # the server answers 400
         assert len(list(adapter.list_scope("Vermont"))) == 5 and adapter.order is None

@@ -149,7 +149,6 @@ def test_namus_resolved_and_unpublished_cases_are_resolved():
         ({"subjectIdentification": None}, "subjectIdentification"),
         ({"subjectIdentification": {"firstName": " ", "lastName": ""}}, "no name"),
         ({"images": {"not": "a list"}}, "'images' is dict"),
-        ({"subjectIdentification": {"firstName": "A", "currentMinAge": 60, "currentMaxAge": 20}}, "above max"),
     ],
 )
 def test_malformed_namus_case_names_the_case_and_the_problem(change, message):
@@ -163,8 +162,10 @@ def test_namus_bad_optional_fields_are_dropped_not_fatal():
     body["sighting"] = {"date": "31/12/2020", "address": "not an object"}
     body["modifiedDateTime"] = "yesterday"
     body["images"].append("junk")
+    body["subjectIdentification"] |= {"currentMinAge": 60, "currentMaxAge": 20}  # a person is not lost over an age
     record = parse_case(body)
     assert record.last_seen_date is None and record.modified is None and len(record.photos) == 2
+    assert record.age_now is None and record.name
 
 
 def test_namus_case_numbers():

@@ -24,14 +24,14 @@ def data(tmp_path):
 
 
 def fast_client(**options) -> PoliteClient:
-    options = {"backoff_base": 0.01, "backoff_max": 0.05, **options}
+    options = {"backoff_base": 0.01, "backoff_max": 0.05, "allow_loopback": True, **options}
     return PoliteClient(options.pop("rate_limit", 1000), **options)
 
 
 def test_rate_limit_spaces_every_request(data):
     rate = 20.0
     with SourceServer("namus", data) as server:
-        client = PoliteClient(rate)
+        client = PoliteClient(rate, allow_loopback=True)  # the dev server is local
         for _ in range(12):
             client.get_json(server.url + STATES)
     # Sleeping never ends early, so no two requests start closer than 1/rate on the

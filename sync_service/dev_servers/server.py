@@ -11,6 +11,14 @@ a test can change cases between ingest runs. Faults are injected from a spec:
     gone=IDS       these cases 404 although the listing still shows them (stale search)
     truncated=IDS  these photos are served cut in half
     nonimage=IDS   these photos are an HTML page served as image/jpeg
+    bomb=IDS       these case bodies are a ~200 KB gzip stream that inflates to ~200 MB
+                   (the case JSON, then spaces): a memory attack by a source or a man in the middle
+    deep=IDS       these case bodies are JSON nested 100,000 levels deep
+    hugeint=IDS    these case bodies carry a 5,000-digit number
+    badutf8=IDS    these case bodies are not valid UTF-8
+    redirect=IDS   these photos answer 302 to ``redirect_to`` (default: the cloud metadata
+                   credentials path, http://169.254.169.254/latest/meta-data/iam/security-credentials/)
+    redirect_to=URL  where ``redirect`` points (the last item of a spec, as a URL may hold commas)
 
 ``IDS`` is ``id+id+...`` or ``*`` for all; a photo id is ``case/photo`` or ``photo``.
 Faults combine with commas: ``5xx=2,429=1:1,truncated=*``.
@@ -18,11 +26,15 @@ Faults combine with commas: ``5xx=2,429=1:1,truncated=*``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
+import struct
+import sys
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -50,6 +62,19 @@ NAMUS_PROJECTIONS = {
     "createdDateTime": ("createdDateTime",),
     "images": ("images",),
 }
+METADATA_CREDENTIALS_URL = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
+ID_FAULTS = {  # spec name -> Faults field
+    "malformed": "malformed",
+    "gone": "gone",
+    "truncated": "truncated",
+    "nonimage": "non_image",
+    "bomb": "bomb",
+    "deep": "deep",
+    "hugeint": "huge_int",
+    "badutf8": "bad_utf8",
+    "redirect": "redirect",
+}
+BOMB_DECODED_BYTES = 200 * 1024 * 1024
 NON_IMAGE = b"<!DOCTYPE html><html><head><title>Access Denied</title></head><body>Reference #18.1</body></html>"
 INTERPOL_WINDOW = 160  # a query only ever exposes its first 160 results
 INTERPOL_MAX_PER_PAGE = 160
@@ -80,13 +105,22 @@ class Faults:
     gone: frozenset[str] = frozenset()
     truncated: frozenset[str] = frozenset()
     non_image: frozenset[str] = frozenset()
+    bomb: frozenset[str] = frozenset()
+    deep: frozenset[str] = frozenset()
+    huge_int: frozenset[str] = frozenset()
+    bad_utf8: frozenset[str] = frozenset()
+    redirect: frozenset[str] = frozenset()
+    redirect_to: str = METADATA_CREDENTIALS_URL
     seen: dict[str, int] = field(default_factory=dict)  # request key -> times seen
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def parse(cls, spec: str | None) -> Faults:
         faults = cls()
-        for item in filter(None, (part.strip() for part in (spec or "").split(","))):
+        spec, _, redirect_to = (spec or "").partition("redirect_to=")
+        if redirect_to:
+            faults.redirect_to = redirect_to.strip()
+        for item in filter(None, (part.strip() for part in spec.split(","))):
             name, _, value = item.partition("=")
             try:
                 if name == "5xx":
@@ -97,8 +131,8 @@ class Faults:
                 elif name == "slow":
                     seconds, _, count = value.partition(":")
                     faults.slow_seconds, faults.slow_count = float(seconds), int(count) if count else None
-                elif name in ("malformed", "gone", "truncated", "nonimage"):
-                    setattr(faults, {"nonimage": "non_image"}.get(name, name), _ids(value))
+                elif name in ID_FAULTS:
+                    setattr(faults, ID_FAULTS[name], _ids(value))
                 else:
                     raise ValueError(f"unknown fault {name!r}")
             except ValueError as error:
@@ -120,6 +154,15 @@ class Faults:
         return "*" in ids or any(c in ids for c in candidates)
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that stops reading (a size cap, a timeout) is normal here, not an error.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            log.debug("client %s went away", client_address)
+            return
+        super().handle_error(request, client_address)
+
+
 class SourceServer:
     """A running dev server (in a thread); use ``start``/``stop`` or ``with``."""
 
@@ -133,7 +176,7 @@ class SourceServer:
         self.faults = faults if isinstance(faults, Faults) else Faults.parse(faults)
         self.requests: list[Request] = []  # every answered request, for tests and the benchmark
         handler = type("Handler", (_Handler,), {"app": self})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.httpd = _QuietServer(("127.0.0.1", port), handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -201,12 +244,16 @@ class _Handler(BaseHTTPRequestHandler):
                 429, b'{"message": "Too Many Requests"}', "application/json", {"Retry-After": f"{faults.retry_after:g}"}
             )
         route = getattr(self, f"_{self.app.source}")
+        self._encoding = self._location = None
         try:
             status, payload, content_type = route(method, urlsplit(self.path), body)
         except Exception as error:  # the dev server must answer, like the real one, not hang up
             log.exception("dev server error on %s %s", method, self.path)
             status, payload, content_type = 500, json.dumps({"message": str(error)}).encode(), "application/json"
-        self._send(status, payload, content_type)
+        extra = {"Content-Encoding": self._encoding} if self._encoding else {}
+        if self._location:
+            extra["Location"] = self._location
+        self._send(status, payload, content_type, extra)
 
     def _send(self, status: int, payload: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.app.requests.append(
@@ -231,6 +278,15 @@ class _Handler(BaseHTTPRequestHandler):
         status, payload, content_type = self._json(200, value)
         if faults.hits(faults.malformed, case_id):
             payload = payload[: max(1, len(payload) // 2)]  # cut mid-object: not JSON
+        if faults.hits(faults.deep, case_id):
+            payload = payload[:-1] + b', "extra": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        if faults.hits(faults.huge_int, case_id):
+            payload = payload[:-1] + b', "extra": ' + b"9" * 5000 + b"}"
+        if faults.hits(faults.bad_utf8, case_id):
+            payload = payload.replace(b'"', b'"\xff\xfe', 1)
+        if faults.hits(faults.bomb, case_id):
+            self._encoding = "gzip"
+            payload = gzip_bomb(payload)
         return status, payload, content_type
 
     def _photo(self, case_id: str, photo_id: str) -> tuple[int, bytes, str]:
@@ -240,6 +296,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(404, {"message": "Not Found"})
         data, mime_type = found
         names = (f"{case_id}/{photo_id}", photo_id)
+        if faults.hits(faults.redirect, *names):
+            self._location = faults.redirect_to
+            return 302, b"", "text/plain"
         if faults.hits(faults.non_image, *names):
             return 200, NON_IMAGE, "image/jpeg"
         if faults.hits(faults.truncated, *names):
@@ -374,6 +433,28 @@ class _Handler(BaseHTTPRequestHandler):
                 "_links": links,
             },
         )
+
+
+@functools.cache
+def _bomb_padding() -> tuple[bytes, bytes]:
+    """A gzip member of ``BOMB_DECODED_BYTES`` spaces (~200 KB), split before its trailer."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    block = b" " * (1024 * 1024)
+    body = b"".join(compressor.compress(block) for _ in range(BOMB_DECODED_BYTES // len(block)))
+    return body, compressor.flush()
+
+
+def gzip_bomb(payload: bytes) -> bytes:
+    """``payload`` followed by ~200 MB of spaces (still valid JSON), as one gzip stream of ~200 KB."""
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"  # gzip, deflate, no name, no mtime
+    head = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    lead = head.compress(payload) + head.flush(zlib.Z_FULL_FLUSH)  # byte-aligned: raw streams concatenate
+    padding, tail = _bomb_padding()
+    crc = zlib.crc32(b" " * (1024 * 1024), zlib.crc32(payload))
+    for _ in range(BOMB_DECODED_BYTES // (1024 * 1024) - 1):
+        crc = zlib.crc32(b" " * (1024 * 1024), crc)
+    size = (len(payload) + BOMB_DECODED_BYTES) & 0xFFFFFFFF
+    return header + lead + padding + tail + struct.pack("<II", crc & 0xFFFFFFFF, size)
 
 
 def _namus_state(case: dict) -> str | None:

@@ -26,6 +26,12 @@ DEFAULT_URLS = {
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.1), help="Read timeout, s.")
 @click.option("--retries", default=4, show_default=True, type=click.IntRange(min=0), help="Retries per request.")
 @click.option("--all-photo-categories", is_flag=True, help="NamUs: keep every public photo, not only portraits.")
+@click.option("--photo-host", "photo_hosts", multiple=True, metavar="HOST[:PORT]",
+              help="Allow photos from this host (repeatable; replaces the source's defaults, e.g. www.fbi.gov; "
+                   "the API's own host is always allowed).")  # fmt: skip
+@click.option("--allow-loopback", is_flag=True, default=None,
+              help="Allow sources on loopback addresses (local dev servers; also $MPD_SOURCES_ALLOW_LOOPBACK=1). "
+                   "Private and link-local addresses are never fetched.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 def ingest_command(
@@ -38,6 +44,8 @@ def ingest_command(
     timeout: float,
     retries: int,
     all_photo_categories: bool,
+    photo_hosts: tuple[str, ...],
+    allow_loopback: bool | None,
     as_json: bool,
     progress: bool | None,
 ) -> None:
@@ -55,8 +63,11 @@ def ingest_command(
     wanted = [s.strip() for s in states.split(",") if s.strip()] if states else None
     if wanted and source != "namus":
         raise click.BadParameter("only NamUs is listed by state", param_hint="--states")
-    client = PoliteClient(rate_limit, read_timeout=timeout, max_attempts=retries + 1)
-    adapter = make_adapter(source, base_url or DEFAULT_URLS[source], client=client)
+    # Not given: $MPD_SOURCES_ALLOW_LOOPBACK decides (off unless set).
+    client = PoliteClient(
+        rate_limit, read_timeout=timeout, max_attempts=retries + 1, allow_loopback=allow_loopback or None
+    )
+    adapter = make_adapter(source, base_url or DEFAULT_URLS[source], client=client, photo_hosts=photo_hosts or None)
     if all_photo_categories and source == "namus":
         adapter.categories = None  # type: ignore[attr-defined]
     # A stop request (ECS/Batch send SIGTERM) unwinds like Ctrl-C, so the checkpoint

@@ -21,7 +21,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from sync_service.http import BodyTooLarge, HttpError, MalformedResponse
+from sync_service.http import BlockedRequest, BodyTooLarge, HttpError, MalformedResponse
 from sync_service.sources.base import SourceAdapter
 from sync_service.sources.photos import PhotoRejected
 from sync_service.sources.records import CaseSummary, MalformedCase, PersonRecord
@@ -290,10 +290,20 @@ class Ingest:
             return
         try:
             record = self.adapter.fetch_case(case_id)
-        except (MalformedCase, MalformedResponse) as error:
+        except (MalformedCase, MalformedResponse, BodyTooLarge, BlockedRequest) as error:
             # Keep whatever we stored before: a broken answer today is not evidence the case changed.
-            summary.malformed[case_id] = str(error)
-            log.error("%s case %s: malformed, skipped: %s", self.source, case_id, error)
+            # An oversized or misdirected answer is this case's problem, not the source being down.
+            summary.malformed[case_id] = _short(str(error))
+            log.error("%s case %s: malformed, skipped: %s", self.source, case_id, _short(str(error)))
+            return
+        except HttpError:
+            raise
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError, RecursionError, OverflowError) as error:
+            # A body shape the parser did not foresee: skipped like any malformed case, so
+            # one hostile body cannot stop every run (and every resume) at the same case.
+            reason = f"unreadable body ({type(error).__name__}: {_short(str(error), 200)})"
+            summary.malformed[case_id] = reason
+            log.exception("%s case %s: malformed, skipped: %s", self.source, case_id, reason)
             return
         if record is None:
             summary.not_found.append(case_id)
@@ -340,6 +350,10 @@ class Ingest:
                 rejected.append(RejectedPhoto(photo_id=ref.photo_id, reason="too large", detail=str(error)))
                 summary.photos_rejected["too large"] += 1
                 log.warning("%s case %s photo %s: %s", self.source, record.case_id, ref.photo_id, error)
+            except BlockedRequest as error:  # another host, a redirect away, or a private address
+                rejected.append(RejectedPhoto(photo_id=ref.photo_id, reason=error.reason, detail=str(error)))
+                summary.photos_rejected[error.reason] += 1
+                log.warning("%s case %s photo %s refused: %s", self.source, record.case_id, ref.photo_id, error)
             except HttpError as error:
                 reason = f"download failed (HTTP {error.status})" if error.status else "download failed"
                 rejected.append(RejectedPhoto(photo_id=ref.photo_id, reason=reason, detail=str(error)))
@@ -386,6 +400,11 @@ class Ingest:
             # With --states, only cases known to live in those states can be judged gone.
             if whole_source or (stored.scopes and set(stored.scopes) <= run_scopes):
                 self._remove(stored, "no longer listed", summary)
+
+
+def _short(text: str, limit: int = 500) -> str:
+    """A reason short enough for the summary and the checkpoint, whatever a source sent."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _now() -> datetime:

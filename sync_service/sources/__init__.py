@@ -8,6 +8,7 @@ record = adapter.fetch_case("MP71320")   # PersonRecord, or None when the case i
 from __future__ import annotations
 
 import importlib
+from collections.abc import Collection
 
 from sync_service.http import PoliteClient
 from sync_service.sources.base import SourceAdapter
@@ -46,12 +47,18 @@ def make_adapter(
     read_timeout: float = 30.0,
     max_attempts: int = 5,
     client: PoliteClient | None = None,
+    photo_hosts: Collection[str] | None = None,
+    allow_loopback: bool | None = None,
 ) -> SourceAdapter:
     """An adapter for ``source`` at ``base_url``. For a quick lookup (the alert handler)
-    pass a short ``read_timeout`` and ``max_attempts=1``."""
+    pass a short ``read_timeout`` and ``max_attempts=1``. ``photo_hosts`` replaces the
+    source's default photo host allow-list (the API's own host is always allowed);
+    ``allow_loopback`` (default: ``$MPD_SOURCES_ALLOW_LOOPBACK``) admits local dev servers."""
     if source not in ADAPTERS:
         raise ValueError(f"unknown source {source!r}; known: {sorted(ADAPTERS)}")
     module_name, class_name = ADAPTERS[source].split(":")
     adapter_class = getattr(importlib.import_module(module_name), class_name)
-    client = client or PoliteClient(rate_limit, read_timeout=read_timeout, max_attempts=max_attempts)
-    return adapter_class(base_url, client)
+    client = client or PoliteClient(
+        rate_limit, read_timeout=read_timeout, max_attempts=max_attempts, allow_loopback=allow_loopback
+    )
+    return adapter_class(base_url, client, photo_hosts=photo_hosts)

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import logging
+import unicodedata
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import urljoin
 
-from sync_service.http import HttpError, PoliteClient
+from pydantic import ValidationError
+
+from sync_service.http import HttpError, PoliteClient, host_key
 from sync_service.sources.photos import MAX_PHOTO_BYTES
-from sync_service.sources.records import CaseSummary, PersonRecord, PhotoRef
+from sync_service.sources.records import AgeRange, CaseSummary, PersonRecord, PhotoRef
 
 log = logging.getLogger(__name__)
+
+# One case body, decoded. Real ones are 5-80 KB; the cap keeps a hostile answer from
+# filling the memory of the ingest or of the 256 MB alert Lambda (parsed JSON can take
+# ~25x its text).
+MAX_CASE_BYTES = 1024 * 1024
 
 
 class SourceAdapter(ABC):
@@ -25,10 +33,18 @@ class SourceAdapter(ABC):
     """
 
     name: str
+    # Hosts the real API serves photos from; the API's own host is always allowed too.
+    default_photo_hosts: tuple[str, ...] = ()
 
-    def __init__(self, base_url: str, client: PoliteClient | None = None) -> None:
+    def __init__(
+        self, base_url: str, client: PoliteClient | None = None, photo_hosts: Collection[str] | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.client = client or PoliteClient()
+        self.api_hosts = frozenset({host_key(self.base_url)})
+        # A photo link or a redirect to any other host is refused without a request.
+        chosen = self.default_photo_hosts if photo_hosts is None else photo_hosts
+        self.photo_hosts = frozenset(h.strip().lower() for h in chosen if h.strip()) | self.api_hosts
         # Partitions whose listing could not show every case (scope -> why). Their
         # cases are still ingested, but nothing is judged vanished on such a listing.
         self.incomplete: dict[str, str] = {}
@@ -56,9 +72,10 @@ class SourceAdapter(ABC):
         """
 
     def fetch_photo(self, photo: PhotoRef) -> bytes:
-        """The photo's bytes (size-capped); raises ``HttpError`` on a non-2xx answer."""
-        response = self.client.get(photo.url, max_bytes=MAX_PHOTO_BYTES)
-        if not response.ok:
+        """The photo's bytes (size-capped, from an allowed photo host only); raises
+        ``BlockedRequest`` for a link or redirect elsewhere and ``HttpError`` on a non-2xx answer."""
+        response = self.client.get(photo.url, max_bytes=MAX_PHOTO_BYTES, allowed_hosts=self.photo_hosts)
+        if not 200 <= response.status_code < 300:
             raise HttpError(f"GET {photo.url}: HTTP {response.status_code}", photo.url, response.status_code)
         return response.content
 
@@ -81,22 +98,50 @@ def dig(data: Any, *path: str | int) -> Any:
 
 
 def text(value: Any) -> str | None:
-    """A stripped non-empty string, or None."""
-    if isinstance(value, str) and value.strip():
-        return " ".join(value.split())
-    return None
+    """A stripped non-empty string with whitespace runs collapsed and control, format and
+    surrogate characters removed (a source's text may reach a responder's SMS, and a lone
+    surrogate cannot even be stored as UTF-8), or None."""
+    if not isinstance(value, str):
+        return None
+    cleaned = " ".join(value.split())
+    if not cleaned.isprintable():  # fast path: most text has nothing to remove
+        cleaned = " ".join("".join(ch for ch in cleaned if unicodedata.category(ch)[0] != "C").split())
+    return cleaned or None
+
+
+LARGEST_INTEGER = 10**15  # larger than any id, count or age a source has; bigger means garbage
 
 
 def integer(value: Any) -> int | None:
+    """An int from an int, an integral float or a string of ASCII digits, or None."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
+    if isinstance(value, float) and value.is_integer() and abs(value) <= LARGEST_INTEGER:
+        value = int(value)
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) <= 15:
+        value = int(value.strip())
+    if isinstance(value, int) and abs(value) <= LARGEST_INTEGER:
         return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
     return None
+
+
+def as_list(value: Any, field: str, case_id: str) -> list:
+    """``value`` if it is a list; None or missing gives []; anything else is dropped with a warning."""
+    if isinstance(value, list):
+        return value
+    if value is not None:
+        log.warning("case %s: ignoring %s, a %s instead of a list", case_id, field, type(value).__name__)
+    return []
+
+
+def age_range(low: Any, high: Any, field: str, case_id: str) -> AgeRange | None:
+    """An ``AgeRange`` from two optional ends, or None with a warning when they make no sense."""
+    try:
+        return AgeRange.of(integer(low), integer(high))
+    except ValidationError as error:  # out of 0..130, or min above max
+        reason = "; ".join(e["msg"] for e in error.errors())[:160]
+        log.warning("case %s: ignoring unusable %s (%s)", case_id, field, reason)
+        return None
 
 
 def parse_datetime(value: Any, field: str, case_id: str) -> datetime | None:
@@ -105,7 +150,7 @@ def parse_datetime(value: Any, field: str, case_id: str) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
-        log.warning("case %s: ignoring unreadable %s %r", case_id, field, value)
+        log.warning("case %s: ignoring unreadable %s %.80r", case_id, field, value)
         return None
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
 
@@ -117,7 +162,7 @@ def parse_date(value: Any, field: str, case_id: str) -> date | None:
     try:
         return datetime.strptime(value.strip()[:10], "%Y-%m-%d").date()
     except ValueError:
-        log.warning("case %s: ignoring unreadable %s %r", case_id, field, value)
+        log.warning("case %s: ignoring unreadable %s %.80r", case_id, field, value)
         return None
 
 

@@ -12,13 +12,21 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import date, datetime
 from typing import Any
 
 from sync_service.http import HttpError, PoliteClient
-from sync_service.sources.base import SourceAdapter, integer, parse_datetime, sex_of, text
-from sync_service.sources.records import SAFE_ID, AgeRange, CaseSummary, MalformedCase, PersonRecord, PhotoRef
+from sync_service.sources.base import (
+    MAX_CASE_BYTES,
+    SourceAdapter,
+    age_range,
+    as_list,
+    parse_datetime,
+    sex_of,
+    text,
+)
+from sync_service.sources.records import SAFE_ID, CaseSummary, MalformedCase, PersonRecord, PhotoRef
 
 log = logging.getLogger(__name__)
 
@@ -77,26 +85,27 @@ def parse_item(item: Any) -> PersonRecord:
         raise MalformedCase("fbi", uid, "no 'title'")
     # ViCAP titles are "NAME - CITY, STATE"; the description is "date\r\nplace".
     name, _, title_place = title.partition(" - ")
-    lines = [line.strip() for line in str(item.get("description") or "").splitlines() if line.strip()]
+    description = item.get("description") if isinstance(item.get("description"), str) else ""
+    lines = [line.strip() for line in description.splitlines() if line.strip()]
     seen_date = _parse_fbi_date(lines[0]) if lines else None
     place = lines[1] if len(lines) > 1 else (lines[0] if lines and seen_date is None else None)
     place = place or (title_place.title() if title_place else None)
 
     born = None
-    for value in item.get("dates_of_birth_used") or []:
+    for value in as_list(item.get("dates_of_birth_used"), "dates_of_birth_used", uid):
         if isinstance(value, str) and (born := _parse_fbi_date(value)):
             break
-    age_when_missing = AgeRange.of(integer(item.get("age_min")), integer(item.get("age_max")))
+    age_when_missing = age_range(item.get("age_min"), item.get("age_max"), "age_min/age_max", uid)
     if age_when_missing is None and born and seen_date:
-        age_when_missing = AgeRange.of(_age_on(born, seen_date), _age_on(born, seen_date))
-    age_now = AgeRange.of(_age_on(born, date.today()), _age_on(born, date.today())) if born else None
+        age_when_missing = age_range(_age_on(born, seen_date), _age_on(born, seen_date), "age when missing", uid)
+    age_now = age_range(_age_on(born, date.today()), _age_on(born, date.today()), "age now", uid) if born else None
 
-    photos = []
-    for image in item.get("images") or []:
-        url = text(image.get("original")) if isinstance(image, dict) else None
-        if url:
-            photos.append(PhotoRef(photo_id=photo_id_for(url), url=url, caption=text(image.get("caption"))))
     try:
+        photos = []
+        for image in as_list(item.get("images"), "images", uid):
+            url = text(image.get("original")) if isinstance(image, dict) else None
+            if url:
+                photos.append(PhotoRef(photo_id=photo_id_for(url), url=url, caption=text(image.get("caption"))))
         return PersonRecord(
             source="fbi",
             case_id=uid,
@@ -117,11 +126,16 @@ def parse_item(item: Any) -> PersonRecord:
 
 class FbiAdapter(SourceAdapter):
     name = "fbi"
+    default_photo_hosts = ("www.fbi.gov",)  # images[].original: https://www.fbi.gov/wanted/.../@@images/image
 
     def __init__(
-        self, base_url: str = "https://api.fbi.gov", client: PoliteClient | None = None, page_size: int = PAGE_SIZE
+        self,
+        base_url: str = "https://api.fbi.gov",
+        client: PoliteClient | None = None,
+        page_size: int = PAGE_SIZE,
+        photo_hosts: Collection[str] | None = None,
     ) -> None:
-        super().__init__(base_url, client)
+        super().__init__(base_url, client, photo_hosts)
         self.page_size = page_size
         self._items: dict[str, dict] = {}  # uid -> item from the current listing
 
@@ -151,7 +165,7 @@ class FbiAdapter(SourceAdapter):
             if not SAFE_ID.match(case_id) or re.search(r"[/?#]", case_id):
                 raise ValueError(f"not an FBI uid: {case_id!r}")
             url = self.url(f"/@wanted-person/{case_id}")
-            response = self.client.get(url)
+            response = self.client.get(url, max_bytes=MAX_CASE_BYTES)
             if response.status_code == 404:
                 return None
             item = self.client.json_of(response, "GET", url)

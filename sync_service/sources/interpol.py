@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import date
 from typing import Any
 from urllib.parse import urlencode
 
 from sync_service.http import HttpError, PoliteClient
-from sync_service.sources.base import SourceAdapter, dig, integer, sex_of, text
+from sync_service.sources.base import MAX_CASE_BYTES, SourceAdapter, age_range, as_list, dig, integer, sex_of, text
 from sync_service.sources.records import SAFE_ID, AgeRange, CaseSummary, MalformedCase, PersonRecord, PhotoRef
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def _interpol_date(value: Any) -> tuple[date | None, bool]:
     try:
         numbers = [int(p) for p in parts[:3]]
         return date(numbers[0], *(numbers[1:] + [1, 1])[:2]), len(numbers) == 3
-    except ValueError:
+    except (ValueError, OverflowError):  # not digits, out of range, or far too many of them
         return None, False
 
 
@@ -75,7 +75,7 @@ def _country_code(value: str | None) -> str | None:
 def parse_images(data: Any, images_url: str) -> list[PhotoRef]:
     """Photos from a ``/notices/v1/yellow/{id}/images`` response (bad entries are skipped)."""
     pictures = []
-    for image in dig(data, "_embedded", "images") or []:
+    for image in as_list(dig(data, "_embedded", "images"), "_embedded.images", images_url):
         picture = text(str(image.get("picture_id") or "")) if isinstance(image, dict) else None
         if not picture or not SAFE_ID.match(picture):
             log.warning("Interpol images %s: ignoring an entry without a usable picture_id", images_url)
@@ -106,13 +106,13 @@ def parse_notice(data: Any, pictures: list[PhotoRef] | None = None) -> PersonRec
         years = day.year - born.year
         if exact_birth:
             years -= (day.month, day.day) < (born.month, born.day)
-            return AgeRange.of(years, years)
-        return AgeRange.of(max(0, years - 1), years)  # birth month or day unknown
+            return age_range(years, years, "age from date_of_birth", case_id)
+        return age_range(max(0, years - 1), years, "age from date_of_birth", case_id)  # birth month or day unknown
 
-    if pictures is None:  # a list item: the thumbnail is the first photo
-        thumbnail = text(dig(data, "_links", "thumbnail", "href"))
-        pictures = [PhotoRef(photo_id=thumbnail.rstrip("/").rsplit("/", 1)[-1], url=thumbnail)] if thumbnail else []
     try:
+        if pictures is None:  # a list item: the thumbnail is the first photo
+            thumbnail = text(dig(data, "_links", "thumbnail", "href"))
+            pictures = [PhotoRef(photo_id=thumbnail.rstrip("/").rsplit("/", 1)[-1], url=thumbnail)] if thumbnail else []
         return PersonRecord(
             source="interpol",
             case_id=case_id,
@@ -133,9 +133,15 @@ def parse_notice(data: Any, pictures: list[PhotoRef] | None = None) -> PersonRec
 
 class InterpolAdapter(SourceAdapter):
     name = "interpol"
+    default_photo_hosts = ("ws-public.interpol.int",)  # .../notices/v1/yellow/{id}/images/{picture_id}
 
-    def __init__(self, base_url: str = "https://ws-public.interpol.int", client: PoliteClient | None = None) -> None:
-        super().__init__(base_url, client)
+    def __init__(
+        self,
+        base_url: str = "https://ws-public.interpol.int",
+        client: PoliteClient | None = None,
+        photo_hosts: Collection[str] | None = None,
+    ) -> None:
+        super().__init__(base_url, client, photo_hosts)
         # Interpol's WAF is kinder to requests that say where they come from.
         self.client.session.headers.setdefault("Referer", "https://www.interpol.int/")
 
@@ -185,12 +191,13 @@ class InterpolAdapter(SourceAdapter):
 
     def fetch_case(self, case_id: str) -> PersonRecord | None:
         url = self.url(f"/notices/v1/yellow/{notice_id(case_id)}")
-        response = self.client.get(url)
+        response = self.client.get(url, max_bytes=MAX_CASE_BYTES)
         if response.status_code == 404:
             return None
         data = self.client.json_of(response, "GET", url)
         images_url = text(dig(data, "_links", "images", "href")) or url + "/images"
-        images = self.client.get(images_url)
+        # The link comes from the body: it may point only at the API itself.
+        images = self.client.get(self.url(images_url), max_bytes=MAX_CASE_BYTES, allowed_hosts=self.api_hosts)
         pictures: list[PhotoRef] = []
         if images.ok:
             pictures = [

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from sync_service.http import HttpError, PoliteClient
 from sync_service.sources.base import (
+    MAX_CASE_BYTES,
     SourceAdapter,
+    age_range,
     dig,
     integer,
     parse_date,
@@ -24,7 +26,7 @@ from sync_service.sources.base import (
     sex_of,
     text,
 )
-from sync_service.sources.records import AgeRange, CaseSummary, MalformedCase, PersonRecord, PhotoRef
+from sync_service.sources.records import CaseSummary, MalformedCase, PersonRecord, PhotoRef
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +96,12 @@ def parse_case(
             case_id=case_id,
             name=name,
             sex=sex_of(dig(data, "subjectDescription", "sex", "name")),
-            age_now=AgeRange.of(integer(subject.get("currentMinAge")), integer(subject.get("currentMaxAge"))),
-            age_when_missing=AgeRange.of(
-                integer(subject.get("computedMissingMinAge", subject.get("missingMinAge"))),
-                integer(subject.get("computedMissingMaxAge", subject.get("missingMinAge"))),
+            age_now=age_range(subject.get("currentMinAge"), subject.get("currentMaxAge"), "current age", case_id),
+            age_when_missing=age_range(
+                subject.get("computedMissingMinAge", subject.get("missingMinAge")),
+                subject.get("computedMissingMaxAge", subject.get("missingMinAge")),
+                "age when missing",
+                case_id,
             ),
             last_seen_date=parse_date(sighting.get("date"), "sighting.date", case_id),
             last_seen_place=_place(sighting),
@@ -155,6 +159,7 @@ def _photos(
 
 class NamusAdapter(SourceAdapter):
     name = "namus"
+    default_photo_hosts = ("www.namus.gov",)  # images[].files.original.href is relative to it
 
     def __init__(
         self,
@@ -162,8 +167,9 @@ class NamusAdapter(SourceAdapter):
         client: PoliteClient | None = None,
         categories: frozenset[str] | None = PORTRAIT_CATEGORIES,
         page_size: int = PAGE_SIZE,
+        photo_hosts: Collection[str] | None = None,
     ) -> None:
-        super().__init__(base_url, client)
+        super().__init__(base_url, client, photo_hosts)
         self.categories = categories
         self.page_size = page_size
         self.order: list[dict] | None = [{"field": "namus2Number", "direction": "Ascending"}]
@@ -242,7 +248,7 @@ class NamusAdapter(SourceAdapter):
 
     def fetch_case(self, case_id: str) -> PersonRecord | None:
         url = self.url(f"{API}/{CASE_SET}/Cases/{case_number(case_id)}")
-        response = self.client.get(url)
+        response = self.client.get(url, max_bytes=MAX_CASE_BYTES)
         if response.status_code == 404:
             return None
         data = self.client.json_of(response, "GET", url)

@@ -64,7 +64,9 @@ def inspect_photo(data: bytes) -> PhotoInfo:
     except PhotoRejected:
         raise
     except UnidentifiedImageError:
-        raise PhotoRejected("not an image", f"starts with {data[:16]!r}") from None
+        # Nothing of the refused body is kept, not even its first bytes (it may be a page
+        # from anywhere, a WAF's or a metadata service's).
+        raise PhotoRejected("not an image", f"{len(data)} bytes that no supported image format reads") from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
         raise PhotoRejected("too many pixels", str(error)) from None
     except (OSError, SyntaxError, ValueError) as error:
