@@ -29,6 +29,7 @@ from sync_service.dev_servers.fixtures import FixtureCase, write_fixture_cases
 from sync_service.dev_servers.server import SourceServer
 from sync_service.gallery.nightly import EmbeddingCache
 from sync_service.gallery.signing import KEY_FILE_ENV
+from sync_service.http import ALLOW_LOOPBACK_ENV
 from sync_service.store import LocalStore
 
 # Made-up cases (names, numbers, places) with photos of public figures from the shared set.
@@ -40,6 +41,12 @@ CASES = {
 }
 ADDED = {7005: ("Ed", "Newcase", "Texas", "alex_lacamoire")}
 NIGHT1 = datetime(2026, 11, 1, 3, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def local_sources(monkeypatch):
+    """The explicit opt-in for the NamUs dev server on 127.0.0.1 (loopback is refused by default)."""
+    monkeypatch.setenv(ALLOW_LOOPBACK_ENV, "1")
 
 
 @pytest.fixture(scope="module")
