@@ -24,7 +24,12 @@ import click
 
 DEVICE_ID = "demo-device"
 CAMERA_ID = "cam0"
-SITES = {"devices": {DEVICE_ID: {"name": "Demo field site", "cameras": {CAMERA_ID: "north gate camera"}}}}
+# The demo has no reviewer at the keyboard, so its site texts responders at once
+# ("review: after"); a real site reviews first (docs/review.md).
+SITES = {
+    "sites": {"demo": {"name": "Demo field site", "review": "after"}},
+    "devices": {DEVICE_ID: {"name": "Demo field site", "site": "demo", "cameras": {CAMERA_ID: "north gate camera"}}},
+}
 DEMO_STATE = "Illinois"
 
 
@@ -188,7 +193,9 @@ def contact_sheet(video: Path, gallery_dir: Path, public_key: Path, out: Path, t
     return len(tiles)
 
 
-def deliver_events(events_file: Path, cloud_dir: Path, source_url: str | None) -> list[dict]:
+def deliver_events(
+    events_file: Path, cloud_dir: Path, source_url: str | None, gallery: Path | None = None, store: Path | None = None
+) -> list[dict]:
     """Hand each published match to the alert handler in-process (the embedded cloud)."""
     import os
 
@@ -205,6 +212,8 @@ def deliver_events(events_file: Path, cloud_dir: Path, source_url: str | None) -
         phone_numbers=("+15555550100",),
         source_urls={"namus": source_url} if source_url else {},
         sites=Sites.model_validate(SITES),
+        gallery_url=str(gallery) if gallery else None,
+        store_url=str(store) if store else None,
     )
     service = build_service(settings)
     rule = LocalRule.parse()  # the IoT rule's topic filter and SELECT, as in template.yaml
@@ -295,7 +304,9 @@ def demo_command(photos: Path | None, video: Path | None, workdir: Path, keep: b
             summary = json.loads(result.stdout.strip().splitlines()[-1])
             report.facts["edge"] = summary
         with report.step(8, total, "Cloud: alert handler in-process (dedupe, cooldown, fresh case details, SMS)"):
-            decisions = deliver_events(work / "device/published-events.jsonl", work / "cloud", server.url)
+            decisions = deliver_events(
+                work / "device/published-events.jsonl", work / "cloud", server.url, work / "published", work / "store"
+            )
             report.facts["decisions"] = decisions
     finally:
         server.stop()

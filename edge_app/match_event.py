@@ -10,10 +10,10 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MATCH_SCHEMA = "mpd.match/1"
 HEALTH_SCHEMA = "mpd.health/1"
@@ -23,6 +23,20 @@ MAX_CROP_BYTES = 8 * 1024
 MAX_EVENT_BYTES = 16 * 1024
 
 Similarity = Annotated[float, Field(ge=-1.0, le=1.0)]
+# Contract-level plausibility (checked by the cloud against the time IoT received the
+# event, ``MatchEvent.implausibility``). A threshold below this matches strangers all
+# the time with any face embedder we use (SFace impostor scores reach 0.3 at 1 in 10^4).
+MIN_THRESHOLD = 0.3
+# The device reports the similarities it compared with its threshold, rounded to 4
+# places; a live threshold change between frames may leave the best one a little under.
+THRESHOLD_SLACK = 0.02
+# Device clocks (NTP at the site, or none for a while) may run a little ahead.
+MAX_CLOCK_AHEAD = timedelta(minutes=5)
+# Older than this, the idempotency record of a first delivery may have expired, so a
+# replay could text twice; and a sighting a month old is no longer something to act on.
+MAX_EVENT_AGE = timedelta(days=30)
+# One confirmation spans a few seconds of one track; a day is far beyond any real one.
+MAX_TRACK_DURATION = timedelta(hours=24)
 Identifier = Annotated[str, Field(min_length=1, max_length=128)]
 
 
@@ -67,6 +81,30 @@ class MatchEvent(BaseModel):
         if value.tzinfo is None:
             raise ValueError("timestamp must carry a UTC offset (ISO 8601 with 'Z' or '+00:00')")
         return value.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MatchEvent:
+        # Invariants every honest device satisfies; thresholds and clocks are checked by
+        # ``implausibility`` (cloud side), since they need the receive time.
+        if self.first_seen > self.last_seen:
+            raise ValueError("first_seen is after last_seen")
+        if self.last_seen - self.first_seen > MAX_TRACK_DURATION:
+            raise ValueError(f"first_seen to last_seen spans more than {MAX_TRACK_DURATION}")
+        if self.mean_similarity > self.best_similarity + 1e-6:
+            raise ValueError("mean_similarity is above best_similarity")
+        return self
+
+    def implausibility(self, received_at: datetime) -> str | None:
+        """Why this event cannot be a real confirmation received at ``received_at``, or None."""
+        if self.threshold < MIN_THRESHOLD:
+            return f"threshold {self.threshold} is below {MIN_THRESHOLD}: no calibrated threshold is that low"
+        if self.best_similarity < self.threshold - THRESHOLD_SLACK:
+            return f"best_similarity {self.best_similarity} is below the threshold {self.threshold}"
+        if self.last_seen > received_at + MAX_CLOCK_AHEAD:
+            return f"last_seen {self.last_seen.isoformat()} is ahead of the receive time {received_at.isoformat()}"
+        if self.first_seen < received_at - MAX_EVENT_AGE:
+            return f"first_seen {self.first_seen.isoformat()} is more than {MAX_EVENT_AGE.days} days before receipt"
+        return None
 
     @field_validator("crop_jpeg_b64")
     @classmethod

@@ -27,7 +27,7 @@ def test_values_are_read_and_typed():
     )
     assert settings.phone_numbers == ("+15555550100", "+15555550101")
     assert settings.cooldown_seconds == 60
-    assert settings.sites.describe("d1", "cam9") == ("cam9", "Gate")
+    assert settings.sites.describe("d1", "cam9") == ("camera", "Gate")  # never the device's camera id
     assert settings.source_urls == {"namus": "http://127.0.0.1:9"}
     assert AlertSettings.from_env({}).cooldown_seconds == DEFAULT_COOLDOWN_SECONDS == 900
 

@@ -18,11 +18,14 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import boto3
+import numpy as np
 import pytest
 import requests
 
+from edge_app.gallery.bundle import ModelRef, PersonRow, write_bundle
 from edge_app.match_event import MAX_EVENT_BYTES, MatchEvent
 from sync_service.alerts.config import AlertSettings, Sites
 from sync_service.alerts.handler import AlertService, build_service
@@ -36,10 +39,25 @@ from sync_service.http import ALLOW_LOOPBACK_ENV
 from tests.servers import free_port
 
 PHONE = "+15555550123"
+# These tests are about the responder SMS path, so the sites review after texting
+# (tests/test_review_*.py cover review: before, the default).
 SITES = Sites.model_validate(
-    {"devices": {"dev-north": {"name": "North trailhead", "timezone": "UTC", "cameras": {"cam0": "Gate camera"}}}}
+    {
+        "sites": {
+            "north": {"name": "North trailhead", "review": "after"},
+            "south": {"name": "South gate", "review": "after"},
+        },
+        "devices": {
+            "dev-north": {"name": "North trailhead", "site": "north", "cameras": {"cam0": "Gate camera"}},
+            "dev-south": {"name": "South gate", "site": "south"},
+        },
+    }
 )
 RULE = LocalRule.parse()
+GALLERY_VERSION = "2026-11-28"
+# When the events happen: recent, so they are inside the cloud's clock-skew window.
+SEEN = (datetime.now(UTC) - timedelta(hours=2)).replace(second=0, microsecond=0)
+SEEN_TEXT = SEEN.strftime("%Y-%m-%d %H:%M UTC")
 
 # A made-up person, served in NamUs's real response shape by the ingest team's dev server.
 MADE_UP_CASE = FixtureCase(
@@ -100,8 +118,33 @@ def namus(tmp_path_factory) -> Iterator[NamusDev]:
     server.close()
 
 
+def write_gallery(root: Path, version: str = GALLERY_VERSION, rows: list[PersonRow] | None = None) -> Path:
+    """A published gallery version with its person table (the only part the alert path reads)."""
+    rows = rows or [
+        PersonRow(person_id="namus:MP990001", display_name="Dana Example", source="namus", case_id="MP990001"),
+        PersonRow(person_id="namus:MP990002", display_name="Sam Example", source="namus", case_id="MP990002"),
+    ]
+    write_bundle(
+        root / version / "full",
+        manifest_fields={
+            "gallery_version": version,
+            "detector": ModelRef(id="yunet", sha256="0" * 64),
+            "embedder": ModelRef(id="sface_2021dec", sha256="1" * 64),
+        },
+        vectors=np.eye(len(rows), 4, dtype=np.float32),
+        labels=[row.person_id for row in rows],
+        persons=rows,
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def gallery_root(tmp_path_factory) -> Path:
+    return write_gallery(tmp_path_factory.mktemp("gallery"))
+
+
 def make_event(**changes: Any) -> MatchEvent:
-    now = datetime(2026, 11, 29, 9, 12, tzinfo=UTC)
+    now = SEEN
     fields = {
         "device_id": "dev-north",
         "camera_id": "cam0",
@@ -124,7 +167,8 @@ def make_event(**changes: Any) -> MatchEvent:
 def rule_event(event: MatchEvent | bytes, topic: str | None = None) -> dict:
     payload = event if isinstance(event, bytes) else event.to_json().encode()
     device = topic or f"mpd/{event.device_id if isinstance(event, MatchEvent) else 'dev-north'}/match"
-    return RULE.event_for(device, payload)
+    received = event.last_seen if isinstance(event, MatchEvent) else SEEN
+    return RULE.event_for(device, payload, received_ms=int(received.timestamp() * 1000) + 2000)
 
 
 class Clock:
@@ -147,7 +191,7 @@ class Backend:
         return build_service(self.settings.model_copy(update=changes), fetch=fetch, clock=clock)
 
 
-def local_backend(tmp_path: Path, namus_url: str) -> Backend:
+def local_backend(tmp_path: Path, namus_url: str, gallery: Path) -> Backend:
     settings = AlertSettings(
         backend="local",
         local_dir=tmp_path,
@@ -155,30 +199,37 @@ def local_backend(tmp_path: Path, namus_url: str) -> Backend:
         sites=SITES,
         source_urls={"namus": namus_url},
         case_lookup_timeout=0.5,
+        gallery_url=str(gallery),
     )
     return Backend("local", settings, lambda: read_sms_sink(settings.sms_sink))
 
 
-def aws_backend(moto_server, namus_url: str) -> Backend:
+def aws_backend(moto_server, namus_url: str, gallery: Path) -> Backend:
     settings = AlertSettings(
-        backend="aws", phone_numbers=(PHONE,), sites=SITES, source_urls={"namus": namus_url}, case_lookup_timeout=0.5
+        backend="aws",
+        phone_numbers=(PHONE,),
+        sites=SITES,
+        source_urls={"namus": namus_url},
+        case_lookup_timeout=0.5,
+        gallery_url=str(gallery),
+        crop_bucket="mpd-review-crops",
     )
     create_aws_resources(settings)
     return Backend("aws", settings, moto_server.sent_sms)
 
 
 @pytest.fixture(params=["aws", "local"])
-def backend(request, tmp_path, namus) -> Backend:
+def backend(request, tmp_path, namus, gallery_root) -> Backend:
     namus.mode = "ok"
     if request.param == "local":
-        return local_backend(tmp_path, namus.url)
-    return aws_backend(request.getfixturevalue("aws"), namus.url)
+        return local_backend(tmp_path, namus.url, gallery_root)
+    return aws_backend(request.getfixturevalue("aws"), namus.url, gallery_root)
 
 
 @pytest.fixture()
-def aws_alerts(aws, namus) -> Backend:
+def aws_alerts(aws, namus, gallery_root) -> Backend:
     namus.mode = "ok"
-    return aws_backend(aws, namus.url)
+    return aws_backend(aws, namus.url, gallery_root)
 
 
 # --- one event, one SMS, the right text ------------------------------------------------
@@ -197,7 +248,7 @@ def test_device_event_sends_one_sms_with_fresh_case_details(backend):
     text = sms[0]["message"]
     assert text.startswith("MISSING PERSON SEEN: Dana Example (F, 41 now, 35 when missing), NamUs MP990001.")
     assert "Last seen 2020-07-04 in Springfield, IL." in text
-    assert "Seen 2026-11-29 09:12 UTC at Gate camera, North trailhead." in text
+    assert f"Seen {SEEN_TEXT} at Gate camera, North trailhead." in text
     assert "Similarity 0.61." in text
     assert text.endswith("/MissingPersons/Case#/990001")
     assert "source not reached" not in text
@@ -205,14 +256,23 @@ def test_device_event_sends_one_sms_with_fresh_case_details(backend):
     assert result["message_ids"] == [sms[0]["message_id"]]
 
 
-def test_site_time_zone_and_unknown_device_fall_back_to_ids(backend):
-    sites = Sites.model_validate({"devices": {"dev-north": {"name": "North trailhead", "timezone": "America/Chicago"}}})
+def test_site_time_zone_and_names_come_from_the_site_table_only(backend):
+    sites = Sites.model_validate(
+        {
+            "sites": {"north": {"name": "North trailhead", "timezone": "America/Chicago", "review": "after"}},
+            "devices": {"dev-north": {"name": "North trailhead", "site": "north"}},
+        }
+    )
     service = backend.service(sites=sites)
     service.handle(rule_event(make_event()))
-    service.handle(rule_event(make_event(device_id="dev-unknown", camera_id="cam7")))
+    assert service.handle(rule_event(make_event(device_id="dev-unknown", camera_id="cam7")))["decision"] == (
+        "review_pending"  # an unknown device is a site of its own, reviewed first by default
+    )
     texts = [m["message"] for m in backend.sms()]
-    assert "Seen 2026-11-29 03:12 CST at cam0, North trailhead." in texts[0]
-    assert "at cam7, dev-unknown." in texts[1]
+    local = SEEN.astimezone(ZoneInfo("America/Chicago")).strftime("%Y-%m-%d %H:%M %Z")
+    # The table does not name cam0: the device's camera id is not used.
+    assert f"Seen {local} at camera, North trailhead." in texts[0]
+    assert len(texts) == 1
 
 
 def test_audit_record_holds_decision_and_message_id_without_the_face_crop(aws_alerts):
@@ -415,8 +475,8 @@ def test_malformed_payload_is_logged_with_its_reason_and_never_texts(kind, aws_a
     assert audit["Count"] == 0
 
 
-def test_malformed_payloads_on_the_local_backend_never_text(tmp_path, namus):
-    backend = local_backend(tmp_path, namus.url)
+def test_malformed_payloads_on_the_local_backend_never_text(tmp_path, namus, gallery_root):
+    backend = local_backend(tmp_path, namus.url, gallery_root)
     service = backend.service()
     assert all(service.handle(event)["decision"] == "rejected" for event, _ in MALFORMED.values())
     assert backend.sms() == []
@@ -439,7 +499,7 @@ def test_source_api_trouble_still_texts_on_time_with_the_events_data(mode, backe
     assert elapsed < 0.5 + 1.0  # the lookup budget plus the rest of the work, not the 3 s the source takes
     text = backend.sms()[0]["message"]
     assert text.startswith("MISSING PERSON SEEN: Dana Example, NamUs MP990001.")
-    assert "(details from the device: case source not reached)" in text
+    assert "(case source not reached: details from the gallery)" in text
     assert text.endswith("https://www.namus.gov/MissingPersons/Case#/990001")
 
 
@@ -467,7 +527,8 @@ def test_sns_failing_raises_then_the_retry_sends_exactly_one_sms(aws_alerts, mon
     # Powertools removed its in-progress record and the cooldown claim was released,
     # so AWS's retry of this invocation is not mistaken for a duplicate or a repeat.
     assert dynamodb.scan(TableName=aws_alerts.settings.idempotency_table)["Count"] == 0
-    assert dynamodb.scan(TableName=aws_alerts.settings.cooldown_table)["Count"] == 0
+    claims = dynamodb.scan(TableName=aws_alerts.settings.cooldown_table)["Items"]
+    assert [c for c in claims if not c["cooldown_key"]["S"].startswith("budget#")] == []
 
     monkeypatch.delenv("AWS_ENDPOINT_URL_SNS")
     retried = aws_alerts.service()
@@ -484,10 +545,11 @@ def test_dynamodb_down_raises_and_does_not_text(aws_alerts, monkeypatch):
     assert aws_alerts.sms() == []
 
 
-def test_lambda_entry_point_reads_its_configuration_from_the_environment(aws_alerts, monkeypatch, namus):
+def test_lambda_entry_point_reads_its_configuration_from_the_environment(aws_alerts, monkeypatch, namus, gallery_root):
     from sync_service.alerts import handler
 
     monkeypatch.setattr(handler, "_service", None)
+    monkeypatch.setenv("MPD_GALLERY_URL", str(gallery_root))
     monkeypatch.setenv("MPD_ALERT_PHONE_NUMBERS", PHONE)
     monkeypatch.setenv("MPD_SITES", SITES.model_dump_json())
     monkeypatch.setenv("MPD_SOURCE_URLS", json.dumps({"namus": namus.url}))
@@ -587,7 +649,7 @@ def test_retry_after_dying_before_the_sms_texts_once(backend):
     dying = backend.service()
 
     class DiesOnSend:
-        def send(self, text: str, skip: Any = ()) -> dict[str, str]:
+        def send(self, message: Any, recipients: Any, skip: Any = ()) -> dict[str, str]:
             raise Killed
 
     dying.sender = DiesOnSend()

@@ -90,13 +90,13 @@ def test_name_outside_gsm7_fits_two_segments_keeping_place_and_link():
     assert "NamUs MP990001" in cyrillic and cyrillic.endswith(LINK)
 
 
-def test_fallback_text_says_the_details_are_from_the_device():
+def test_fallback_text_says_the_case_source_was_not_reached():
     text = full(
         sex="", age_now="", age_missing="", last_seen_date=None, last_seen_place="", details_fresh=False
     ).render()
     assert text == (
         "MISSING PERSON SEEN: Dana Example, NamUs MP990001. Seen 2026-11-29 09:12 UTC at Gate camera, "
-        f"North trailhead. Similarity 0.61. (details from the device: case source not reached) {LINK}"
+        f"North trailhead. Similarity 0.61. (case source not reached: details from the gallery) {LINK}"
     )
     assert segment_count(text) == 2
 

@@ -142,7 +142,16 @@ class Chain:
             **self.env,
             "MPD_ALERT_PHONE_NUMBERS": PHONE,
             "MPD_SOURCE_URLS": json.dumps({"namus": self.source.url}),
-            "MPD_SITES": json.dumps({"devices": {DEVICE: {"name": "Field site 7", "cameras": {"cam0": "gate"}}}}),
+            "MPD_SITES": json.dumps(
+                {
+                    "sites": {"site-7": {"name": "Field site 7", "review": "after"}},
+                    "devices": {DEVICE: {"name": "Field site 7", "site": "site-7", "cameras": {"cam0": "gate"}}},
+                }
+            ),
+            # The cloud checks each event against the galleries it published, and shows
+            # reviewers the case photos from the ingest store.
+            "MPD_GALLERY_URL": f"s3://{BUCKET}/gallery",
+            "MPD_STORE_URL": f"s3://{BUCKET}/store",
         }
         process = subprocess.Popen(
             MPD + ["cloud", "serve", "--mqtt-host", backend["host"], "--mqtt-port", str(backend["port"]),

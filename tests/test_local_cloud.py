@@ -27,7 +27,7 @@ from sync_service.alerts.handler import build_service
 from sync_service.alerts.local import LocalRuleEngine, MqttSettings, create_aws_resources
 from sync_service.alerts.stores import read_sms_sink
 from tests.servers import free_port
-from tests.test_alert_handler import PHONE, SITES, make_event, namus  # noqa: F401  (fixtures)
+from tests.test_alert_handler import PHONE, SEEN_TEXT, SITES, gallery_root, make_event, namus  # noqa: F401  (fixtures)
 
 MPD = str(Path(sys.executable).parent / "mpd")
 
@@ -142,8 +142,9 @@ def _base_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def test_mpd_cloud_serve_against_moto(broker, aws, tmp_path):  # noqa: F811
+def test_mpd_cloud_serve_against_moto(broker, aws, tmp_path, gallery_root):  # noqa: F811
     env = _base_env(tmp_path) | {
+        "MPD_GALLERY_URL": str(gallery_root),
         "AWS_ENDPOINT_URL": aws.url,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -177,9 +178,7 @@ def test_mpd_cloud_serve_with_no_cloud_writes_the_sms_file(broker, tmp_path):
     finally:
         out = _stop(process)
     (sms,) = read_sms_sink(sink)
-    assert (
-        sms["phone_number"] == PHONE and "Seen 2026-11-29 09:12 UTC at Gate camera, North trailhead." in sms["message"]
-    )
+    assert sms["phone_number"] == PHONE and f"Seen {SEEN_TEXT} at Gate camera, North trailhead." in sms["message"]
     assert out.count('"decision": "duplicate"') == 2
     listed = subprocess.run([MPD, "cloud", "sms"], env=env, capture_output=True, text=True, timeout=60)
     assert [json.loads(line)["message_id"] for line in listed.stdout.splitlines()] == [sms["message_id"]]
@@ -252,6 +251,7 @@ def test_an_event_failing_every_attempt_is_parked_and_replays_to_one_sms(broker,
     monkeypatch.delenv("AWS_ENDPOINT_URL_SNS")
     monkeypatch.setenv("MPD_ALERT_DIR", str(tmp_path))
     monkeypatch.setenv("MPD_ALERT_PHONE_NUMBERS", PHONE)
+    monkeypatch.setenv("MPD_SITES", SITES.model_dump_json())
     parked.write_text(line + "\n" + line + "\n" + "{half a line\n")
     result = CliRunner().invoke(cloud_group, ["replay"])
     assert result.exit_code == 1 and "1 event(s) still parked" in result.output

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-from edge_app.match_event import MatchEvent
+from sync_service.alerts.sms import clean_text
 
 if TYPE_CHECKING:
     from sync_service.sources.records import PersonRecord
@@ -56,22 +57,28 @@ def _age(age_range: Any) -> str:
     return str(age_range.min) if age_range.max in (None, age_range.min) else f"{age_range.min}-{age_range.max}"
 
 
-def details_from_record(record: PersonRecord) -> CaseDetails:
+_WEB_LINK = re.compile(r"^https://[A-Za-z0-9.-]+(?::\d+)?/[\x21-\x7e]{0,160}$")
+
+
+def details_from_record(record: PersonRecord, source: str, case_id: str) -> CaseDetails:
+    """What the source says, cleaned: it is text from outside, on its way to a person."""
+    link = record.url if record.url and _WEB_LINK.match(record.url) else case_link(source, case_id)
     return CaseDetails(
-        name=record.name,
+        name=clean_text(record.name, 80) or "name in case file",
         sex={"female": "F", "male": "M"}.get(record.sex, ""),
         age_now=_age(record.age_now),
         age_missing=_age(record.age_when_missing),
         last_seen_date=record.last_seen_date,
-        last_seen_place=record.last_seen_place or "",
-        link=record.url or case_link(record.source, record.case_id),
+        last_seen_place=clean_text(record.last_seen_place or "", 80),
+        link=link,
         resolved=record.resolved,
         fresh=True,
     )
 
 
-def details_from_event(event: MatchEvent) -> CaseDetails:
-    return CaseDetails(name=event.display_name or event.person_id, link=case_link(event.source, event.case_id))
+def fallback_details(source: str, case_id: str, gallery_name: str) -> CaseDetails:
+    """The name from the gallery the cloud built (never the device's), and the case's page."""
+    return CaseDetails(name=clean_text(gallery_name, 80) or "name in case file", link=case_link(source, case_id))
 
 
 class CaseLookup:
@@ -84,25 +91,22 @@ class CaseLookup:
         # the alert does not wait for it.
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="case-lookup")
 
-    def details(self, event: MatchEvent) -> CaseDetails:
+    def details(self, source: str, case_id: str, gallery_name: str = "") -> CaseDetails:
+        """Fresh details of a case (canonical id), or the gallery's name when the source fails."""
+        fallback = fallback_details(source, case_id, gallery_name)
         if self.fetch is None:
-            return details_from_event(event)
-        future = self._pool.submit(self.fetch, event.source, event.case_id)
+            return fallback
+        where = {"source": source, "case_id": case_id, "timeout_s": self.timeout}
+        future = self._pool.submit(self.fetch, source, case_id)
         try:
             record = future.result(timeout=self.timeout)
         except concurrent.futures.TimeoutError:
-            log.warning("case lookup timed out, using the event's data", extra=_where(event, self.timeout))
-            return details_from_event(event)
+            log.warning("case lookup timed out, using the gallery's data", extra=where)
+            return fallback
         except Exception as error:  # any source failure must not stop the alert
-            log.warning(
-                "case lookup failed, using the event's data", extra=_where(event, self.timeout) | {"error": repr(error)}
-            )
-            return details_from_event(event)
+            log.warning("case lookup failed, using the gallery's data", extra=where | {"error": repr(error)})
+            return fallback
         if record is None:
-            log.warning("source has no such case (removed or unpublished?)", extra=_where(event, self.timeout))
-            return details_from_event(event)
-        return details_from_record(record)
-
-
-def _where(event: MatchEvent, timeout: float) -> dict[str, object]:
-    return {"source": event.source, "case_id": event.case_id, "timeout_s": timeout}
+            log.warning("source has no such case (removed or unpublished?)", extra=where)
+            return fallback
+        return details_from_record(record, source, case_id)

@@ -1,10 +1,14 @@
 """The alert Lambda: one confirmed match in, at most one SMS out.
 
 Triggered by the IoT rule on ``mpd/+/match`` (see ``rule.py`` for the event shape).
-Steps: validate with the match-event contract -> drop duplicates by event id
-(Powertools idempotency, a conditional write) -> cooldown per case and device (one
-atomic conditional update) -> fresh case details (short timeout, fallback) -> SMS
--> audit record. A malformed payload is logged and answered, never raised.
+Steps: validate with the match-event contract (and its plausibility against the
+receive time) -> check the person against the gallery version the device names ->
+drop duplicates by event id (Powertools idempotency, a conditional write) -> a
+dismissal's suppression -> cooldown per canonical case and device (one atomic
+conditional update) -> the device's hourly budget -> fresh case details (short
+timeout, fallback to the gallery's name) -> review record, and the notifications the
+site's review mode asks for -> audit record. A malformed payload is logged and
+answered, never raised.
 Infrastructure errors (DynamoDB, SNS) are raised after botocore's retries, so AWS
 retries the invocation; the idempotency record and the cooldown claim are released
 first, so the retry sends the SMS exactly once.
@@ -20,7 +24,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.idempotency import (
@@ -36,10 +39,11 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 from pydantic import ValidationError
 
 from edge_app.match_event import MAX_EVENT_BYTES, MatchEvent
-from sync_service.alerts.cases import SOURCE_LABELS, CaseDetails, CaseFetcher, CaseLookup
+from sync_service.alerts.cases import CaseFetcher, CaseLookup
 from sync_service.alerts.config import AlertSettings
+from sync_service.alerts.galleries import GalleryPerson, PublishedGalleries, UnknownCase, canonical_case_id
 from sync_service.alerts.rule import RuleEvent, device_of
-from sync_service.alerts.sms import AlertText, segment_count
+from sync_service.alerts.sms import segment_count
 from sync_service.alerts.stores import (
     BOTO_CONFIG,
     DecisionStore,
@@ -52,6 +56,9 @@ from sync_service.alerts.stores import (
     SqlitePersistenceLayer,
     SqliteTables,
 )
+from sync_service.review.records import DynamoReviewStore, SqliteReviewStore
+from sync_service.review.service import ReviewService
+from sync_service.store import StoreError, open_store
 
 logger = Logger(service="mpd-alerts")
 
@@ -61,7 +68,10 @@ IDEMPOTENCY_DAYS = 30
 
 
 class Decision(StrEnum):
-    SENT = "sent"
+    SENT = "sent"  # responders texted at once (review: after)
+    REVIEW_PENDING = "review_pending"  # reviewers notified; responders wait for a confirmation
+    RATE_LIMITED = "rate_limited"  # the device is over its hourly budget: on the page, nobody texted
+    SUPPRESSED = "suppressed"  # a reviewer dismissed this person at this site recently
     COOLDOWN = "cooldown"
     CASE_RESOLVED = "case_resolved"
     DUPLICATE = "duplicate"
@@ -73,8 +83,11 @@ class Rejected(ValueError):
     """A payload that is not a valid match event; the message says why."""
 
 
-def parse_event(event: Any) -> MatchEvent:
-    """The match event inside a rule event; raises ``Rejected`` naming what is wrong."""
+def parse_event(event: Any, now: Callable[[], float] = time.time) -> MatchEvent:
+    """The match event inside a rule event; raises ``Rejected`` naming what is wrong.
+
+    Plausibility is judged against the time IoT Core received it (``received_ms``, set
+    by the rule, not the device), or now when the envelope has none."""
     if not isinstance(event, dict):
         raise Rejected(f"Lambda event is a {type(event).__name__}, not an object")
     try:
@@ -100,6 +113,14 @@ def parse_event(event: Any) -> MatchEvent:
         # The IoT policy lets a device publish only under its own name: the topic is the
         # authenticated identity, the body is just a claim.
         raise Rejected(f"device_id {match.device_id!r} does not match topic {envelope.topic!r}")
+    received_s = envelope.received_ms / 1000 if envelope.received_ms is not None else now()
+    try:
+        received_at = datetime.fromtimestamp(received_s, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise Rejected(f"received_ms {envelope.received_ms} is not a time") from None
+    problem = match.implausibility(received_at)
+    if problem:
+        raise Rejected(f"implausible event: {problem}")
     return match
 
 
@@ -131,17 +152,21 @@ class AlertService:
         self,
         settings: AlertSettings,
         store: DecisionStore,
-        sender: SmsSender,
         persistence: BasePersistenceLayer,
         lookup: CaseLookup,
+        review: ReviewService,
+        galleries: PublishedGalleries | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.store = store
-        self.sender = sender
         self.lookup = lookup
         self.persistence = persistence
+        self.review = review
+        # None: no gallery store configured (a warning at start); the device's claim is
+        # then unchecked, but still none of its strings reaches a message.
+        self.galleries = galleries
         self.idempotency = IdempotencyConfig(
             event_key_jmespath="event_id",
             # The same event id with other content is a device bug or a forgery, not a retry.
@@ -156,7 +181,8 @@ class AlertService:
     def handle(self, event: Any, context: Any = None) -> dict[str, Any]:
         """Handle one rule event; returns the decision. Raises only for infrastructure errors."""
         try:
-            match = parse_event(event)
+            match = parse_event(event, self.clock)
+            person = self.person_of(match)
         except Rejected as error:
             logger.warning("rejected payload", extra={"reason": str(error), **_fingerprint(event)})
             return {"decision": Decision.REJECTED.value, "reason": str(error)}
@@ -165,7 +191,9 @@ class AlertService:
         ids = {"event_id": str(match.event_id), "device_id": match.device_id, "case_id": match.case_id}
         token = _ran_now.set(False)
         try:
-            result = self._process_once(event=match.model_dump(mode="json", exclude={"crop_jpeg_b64"}), match=match)
+            result = self._process_once(
+                event=match.model_dump(mode="json", exclude={"crop_jpeg_b64"}), match=match, person=person
+            )
         except IdempotencyAlreadyInProgressError:
             # Another copy is being handled right now. If that one fails it raises, and AWS
             # retries it; acknowledging this copy cannot lose the alert.
@@ -183,11 +211,37 @@ class AlertService:
             return {"decision": Decision.DUPLICATE.value, "event_id": ids["event_id"], "first": result}
         return result
 
-    def _process(self, event: dict[str, Any], match: MatchEvent) -> dict[str, Any]:
+    @property
+    def sender(self) -> SmsSender:
+        return self.review.sender
+
+    @sender.setter
+    def sender(self, sender: SmsSender) -> None:
+        self.review.sender = sender
+
+    def person_of(self, match: MatchEvent) -> GalleryPerson:
+        """The cloud's row for the person the event names; raises ``Rejected`` if not in its gallery."""
+        if self.galleries is None:
+            try:
+                return GalleryPerson(match.person_id, "", match.source, canonical_case_id(match.source, match.case_id))
+            except ValueError as error:
+                raise Rejected(str(error)) from None
+        try:
+            return self.galleries.person(match)
+        except UnknownCase as error:
+            raise Rejected(str(error)) from None
+
+    def _process(self, event: dict[str, Any], match: MatchEvent, person: GalleryPerson) -> dict[str, Any]:
         _ran_now.set(True)
         now = self.clock()
         event_id = str(match.event_id)
-        cooldown_key = f"{match.source}#{match.case_id}#{match.device_id}"
+        site_id, _ = self.settings.sites.site_of(match.device_id)
+        suppressed = self.review.suppressed(site_id, person, now)
+        if suppressed is not None:
+            until = datetime.fromtimestamp(suppressed[0] / 1000, UTC).isoformat()
+            return self._decided(match, event, Decision.SUPPRESSED, now, until=until, by=suppressed[1])
+        # The canonical case id: re-spelling a case id cannot dodge the cooldown.
+        cooldown_key = f"{person.source}#{person.case_id}#{match.device_id}"
         claim = self.store.claim_cooldown(
             cooldown_key,
             event_id,
@@ -200,25 +254,31 @@ class AlertService:
         already_sent: dict[str, str] = {}
         if claim.retaken:
             # A retry after this event's invocation died, or failed part-way through a list of
-            # numbers, holding the claim: whoever the audit says got the SMS is not texted again.
+            # recipients, holding the claim: whoever the audit says got a message is not sent it again.
             previous = self.store.read_audit(event_id) or {}
             already_sent = dict(previous.get("sent_to", {}))
-            if previous.get("decision") == Decision.SENT.value:
-                logger.warning("retry of an alert already sent; not texting again", extra={"event_id": event_id})
-                message_ids = list(previous.get("message_ids", []))
+            if previous.get("decision") in (Decision.SENT.value, Decision.REVIEW_PENDING.value):
+                logger.warning("retry of an alert already sent; not sending again", extra={"event_id": event_id})
                 return {
-                    "decision": Decision.SENT.value,
+                    "decision": previous["decision"],
                     "event_id": event_id,
-                    "message_ids": message_ids,
+                    "message_ids": list(previous.get("message_ids", [])),
+                    "review_id": previous.get("review_id"),
                     "recovered": True,
                 }
+        hour = int(now // 3600)
+        within_budget = claim.retaken or self.store.take_budget(
+            f"budget#{match.device_id}#{hour}", self.settings.device_alerts_per_hour, (hour + 2) * 3600
+        )
         try:
-            details = self.lookup.details(match)
+            details = self.lookup.details(person.source, person.case_id, person.display_name)
             if details.resolved:
                 self.store.release_cooldown(cooldown_key, event_id)
                 return self._decided(match, event, Decision.CASE_RESOLVED, now)
-            text = self.compose(match, details)
-            sent = already_sent | self.sender.send(text, skip=already_sent.keys())
+            record, sent = self.review.open(
+                match, person, details, now, rate_limited=not within_budget, skip=already_sent.keys()
+            )
+            sent = already_sent | sent
         except PartialSend as partial:
             # Keep the cooldown claim, so the retry is recognised and resumes after these.
             self._decided(match, event, Decision.PARTIAL, now, sent_to=already_sent | partial.sent)
@@ -226,34 +286,22 @@ class AlertService:
         except Exception:
             self._release_quietly(cooldown_key, event_id)
             raise
+        if not within_budget:
+            logger.warning("device over its hourly alert budget", extra={"device_id": match.device_id})
+            decision = Decision.RATE_LIMITED
+        else:
+            decision = Decision.SENT if record.mode == "after" else Decision.REVIEW_PENDING
         return self._decided(
             match,
             event,
-            Decision.SENT,
+            decision,
             now,
+            review_id=record.review_id,
             message_ids=list(sent.values()),
             sent_to=sent,
-            segments=segment_count(text),
+            segments=segment_count(self.review.responder_message(record, "en", False).sms),
             details_fresh=details.fresh,
         )
-
-    def compose(self, match: MatchEvent, details: CaseDetails) -> str:
-        camera, device = self.settings.sites.describe(match.device_id, match.camera_id)
-        zone = ZoneInfo(self.settings.sites.timezone_of(match.device_id))  # validated with the settings
-        return AlertText(
-            name=details.name,
-            case_label=f"{SOURCE_LABELS.get(match.source, match.source)} {match.case_id}",
-            sex=details.sex,
-            age_now=details.age_now,
-            age_missing=details.age_missing,
-            last_seen_date=details.last_seen_date,
-            last_seen_place=details.last_seen_place,
-            seen_at=match.last_seen.astimezone(zone),
-            seen_where=f"{camera}, {device}",
-            similarity=match.best_similarity,
-            link=details.link,
-            details_fresh=details.fresh,
-        ).render()
 
     def _decided(self, match: MatchEvent, event: dict, decision: Decision, now: float, **facts: Any) -> dict:
         result = {"decision": decision.value, "event_id": str(match.event_id), **facts}
@@ -268,7 +316,7 @@ class AlertService:
         try:
             self.store.write_audit(audit)
         except Exception:
-            if decision not in (Decision.SENT, Decision.PARTIAL):
+            if decision not in (Decision.SENT, Decision.REVIEW_PENDING, Decision.PARTIAL):
                 raise  # nothing was sent: failing lets AWS retry the whole decision
             # The SMS is out: raising now would make the retry text again. Keep the
             # record in the log instead.
@@ -323,27 +371,49 @@ def build_service(
     """The service for ``settings.backend``; ``fetch=True`` uses the configured source APIs."""
     fetcher = source_fetcher(settings) if fetch is True else (fetch or None)
     lookup = CaseLookup(fetcher, settings.case_lookup_timeout)
+    galleries = PublishedGalleries(settings.gallery_url) if settings.gallery_url else None
+    if galleries is None:
+        logger.warning("MPD_GALLERY_URL is not set: events are not checked against the published galleries")
+    store, persistence, review = build_stores(settings, clock)
+    return AlertService(settings, store, persistence, lookup, review, galleries, clock)
+
+
+def build_stores(
+    settings: AlertSettings, clock: Callable[[], float] = time.time
+) -> tuple[DecisionStore, BasePersistenceLayer, ReviewService]:
+    """The decision store, idempotency layer and review service of ``settings.backend``."""
+    photos = None
+    if settings.store_url:
+        try:
+            photos = open_store(settings.store_url)
+        except (StoreError, ValueError) as error:
+            raise ValueError(f"MPD_STORE_URL: {error}") from None
     if settings.backend == "aws":
         import boto3
 
         dynamodb = boto3.client("dynamodb", config=BOTO_CONFIG)
-        return AlertService(
-            settings,
-            DynamoDecisionStore(dynamodb, settings.cooldown_table, settings.audit_table),
-            SnsSender(boto3.client("sns", config=BOTO_CONFIG), settings.topic_arn, settings.phone_numbers),
-            DynamoDBPersistenceLayer(table_name=settings.idempotency_table, boto3_client=dynamodb),
-            lookup,
-            clock,
+        decisions = DynamoDecisionStore(dynamodb, settings.cooldown_table, settings.audit_table)
+        reviews = DynamoReviewStore(
+            dynamodb,
+            boto3.client("s3", config=BOTO_CONFIG),
+            settings.review_table,
+            settings.review_audit_table,
+            settings.crop_bucket,
+            settings.crop_kms_key,
         )
-    tables = SqliteTables(settings.database)
-    return AlertService(
-        settings,
-        SqliteDecisionStore(tables),
-        FileSmsSink(settings.sms_sink, settings.phone_numbers),
-        SqlitePersistenceLayer(tables),
-        lookup,
-        clock,
-    )
+        sender = SnsSender(
+            boto3.client("sns", config=BOTO_CONFIG),
+            boto3.client("ses", config=BOTO_CONFIG) if settings.mail_from else None,
+            settings.mail_from,
+        )
+        persistence = DynamoDBPersistenceLayer(table_name=settings.idempotency_table, boto3_client=dynamodb)
+    else:
+        tables = SqliteTables(settings.database)
+        decisions = SqliteDecisionStore(tables)
+        reviews = SqliteReviewStore(tables, settings.local_dir / "crop.key")
+        sender = FileSmsSink(settings.sms_sink, settings.local_dir / "mail")
+        persistence = SqlitePersistenceLayer(tables)
+    return decisions, persistence, ReviewService(settings, reviews, decisions, sender, photos, clock)
 
 
 _service: AlertService | None = None

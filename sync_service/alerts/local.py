@@ -162,10 +162,20 @@ class LocalRuleEngine:
 
 
 def create_aws_resources(settings: AlertSettings, client: Any = None) -> None:
-    """Create the alert tables (with TTL) if missing: for moto, as template.yaml does in AWS."""
+    """Create the alert and review tables (with TTL) and the crop bucket if missing: for
+    moto, as template.yaml does in AWS."""
     import boto3
 
+    from sync_service.review.records import create_review_tables
+
     client = client or boto3.client("dynamodb")
+    create_review_tables(client, settings.review_table, settings.review_audit_table)
+    if settings.crop_bucket:
+        s3 = boto3.client("s3")
+        if settings.crop_bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+            s3.create_bucket(Bucket=settings.crop_bucket)
+    if settings.mail_from:
+        boto3.client("ses").verify_email_identity(EmailAddress=settings.mail_from)
     existing = set(client.list_tables()["TableNames"])
     for name, spec in (
         (settings.idempotency_table, IDEMPOTENCY),

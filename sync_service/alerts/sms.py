@@ -10,6 +10,7 @@ close GSM-7 form (``Ł`` -> ``L``, ``’`` -> ``'``) are folded first.
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from dataclasses import dataclass, replace
 from datetime import date, datetime
@@ -23,6 +24,53 @@ _FOLDS = str.maketrans(
     {"‘": "'", "’": "'", "“": '"', "”": '"', "–": "-", "—": "-", "…": "...", "\u00a0": " ",
      "Ł": "L", "ł": "l", "Đ": "D", "đ": "d", "ı": "i", "Œ": "OE", "œ": "oe", "Þ": "Th", "þ": "th", "ð": "d"}
 )  # fmt: skip
+
+
+# Words per language. Spanish needs no character outside GSM-7 once folded (ú -> u).
+WORDS = {
+    "en": {
+        "seen": "MISSING PERSON SEEN",
+        "confirmed": "CONFIRMED BY REVIEWER",
+        "now": "now",
+        "when_missing": "when missing",
+        "last_seen": "Last seen",
+        "date_unknown": "date unknown",
+        "in": "in",
+        "seen_at": "Seen {when} at {where}.",
+        "similarity": "Similarity",
+        "not_fresh": "(case source not reached: details from the gallery)",
+        "review": "Review:",
+        "request": "REVIEW NEEDED: possible missing-person match at {site}, {when}. Log in to decide: {link}",
+        "escalation": "REVIEW NEEDED, no decision after {minutes} min: possible missing-person match at {site}, {when}. {link}",
+        "disregard": "DISREGARD the alert of {when} about {name}, {case}, at {site}: a reviewer found it is not this person.",
+    },
+    "es": {
+        "seen": "PERSONA DESAPARECIDA VISTA",
+        "confirmed": "CONFIRMADO POR REVISOR",
+        "now": "ahora",
+        "when_missing": "al desaparecer",
+        "last_seen": "Vista por ultima vez",
+        "date_unknown": "fecha desconocida",
+        "in": "en",
+        "seen_at": "Vista {when} en {where}.",
+        "similarity": "Similitud",
+        "not_fresh": "(fuente del caso sin respuesta: datos de la galeria)",
+        "review": "Revision:",
+        "request": "REVISION NECESARIA: posible coincidencia de persona desaparecida en {site}, {when}. Entre para decidir: {link}",
+        "escalation": "REVISION NECESARIA, sin decision tras {minutes} min: posible coincidencia en {site}, {when}. {link}",
+        "disregard": "IGNORE la alerta de las {when} sobre {name}, {case}, en {site}: un revisor determino que no es esta persona.",
+    },
+}
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+_URL = re.compile(r"(?i)\b(?:[a-z][a-z0-9+.-]*://|www\.)\S*")
+
+
+def clean_text(text: str, limit: int = 120) -> str:
+    """Text from outside made safe to put in front of a person: no control or
+    direction-changing characters, no URLs, one line, at most ``limit`` characters."""
+    text = _URL.sub(" ", _CONTROL.sub(" ", text))
+    return " ".join(text.split())[:limit].strip()
 
 
 def gsm7_septets(text: str) -> int | None:
@@ -77,32 +125,39 @@ class AlertText:
     similarity: float | None = None
     link: str = ""
     details_fresh: bool = True  # False when the source API did not answer in time
+    review_link: str = ""  # the alert's short link on the review page
+    confirmed: bool = False  # a reviewer confirmed it (review: before)
+    language: str = "en"
 
     def _compose(self) -> str:
+        words = WORDS.get(self.language, WORDS["en"])
         who = self.name
         traits = ", ".join(
             part
             for part in (
                 self.sex,
-                f"{self.age_now} now" if self.age_now else "",
-                f"{self.age_missing} when missing" if self.age_missing else "",
+                f"{self.age_now} {words['now']}" if self.age_now else "",
+                f"{self.age_missing} {words['when_missing']}" if self.age_missing else "",
             )
             if part
         )
         if traits:
             who += f" ({traits})"
-        lines = [f"MISSING PERSON SEEN: {who}, {self.case_label}."]
+        header = f"{words['confirmed']}: {words['seen']}" if self.confirmed else words["seen"]
+        lines = [f"{header}: {who}, {self.case_label}."]
         if self.last_seen_date or self.last_seen_place:
-            when = self.last_seen_date.isoformat() if self.last_seen_date else "date unknown"
-            where = f" in {self.last_seen_place}" if self.last_seen_place else ""
-            lines.append(f"Last seen {when}{where}.")
+            when = self.last_seen_date.isoformat() if self.last_seen_date else words["date_unknown"]
+            where = f" {words['in']} {self.last_seen_place}" if self.last_seen_place else ""
+            lines.append(f"{words['last_seen']} {when}{where}.")
         if self.seen_at or self.seen_where:
             when = self.seen_at.strftime("%Y-%m-%d %H:%M %Z").strip() if self.seen_at else ""
-            lines.append(f"Seen {when} at {self.seen_where}.".replace("  ", " "))
+            lines.append(words["seen_at"].format(when=when, where=self.seen_where).replace("  ", " "))
         if self.similarity is not None:
-            lines.append(f"Similarity {self.similarity:.2f}.")
+            lines.append(f"{words['similarity']} {self.similarity:.2f}.")
         if not self.details_fresh:
-            lines.append("(details from the device: case source not reached)")
+            lines.append(words["not_fresh"])
+        if self.review_link:
+            lines.append(f"{words['review']} {self.review_link}")
         if self.link:
             lines.append(self.link)
         return fold_to_gsm7(" ".join(lines))
@@ -128,6 +183,7 @@ class AlertText:
             seen_where=_gsm7_only(self.seen_where) or "camera",
             case_label=_gsm7_only(self.case_label)[:60],
             link=self.link if len(self.link) <= 100 and is_gsm7(self.link) else "",
+            review_link=self.review_link if len(self.review_link) <= 80 and is_gsm7(self.review_link) else "",
         )
         return [self, no_similarity, no_last_seen, no_traits, gsm_only]
 
@@ -148,3 +204,21 @@ class AlertText:
 def _gsm7_only(text: str) -> str:
     folded = fold_to_gsm7(text)
     return " ".join("".join(char for char in folded if is_gsm7(char)).split())
+
+
+def short_message(language: str, kind: str, **fields: str) -> str:
+    """A reviewer request, an escalation or a follow-up, within ``MAX_SEGMENTS``.
+
+    Free-text fields (site and person names) are shortened until it fits; the link stays.
+    """
+    template = WORDS.get(language, WORDS["en"])[kind]
+    values = dict(fields)
+    for _ in range(20):
+        text = fold_to_gsm7(template.format(**values))
+        if segment_count(text) <= MAX_SEGMENTS:
+            return text
+        for name in ("name", "site"):
+            if name in values and len(values[name]) > 12:
+                values[name] = values[name][: max(12, len(values[name]) - 12)].rstrip() + "."
+        values = {k: (_gsm7_only(v) if k in ("name", "site") else v) for k, v in values.items()}
+    return text

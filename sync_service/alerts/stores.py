@@ -75,10 +75,56 @@ class DecisionStore(Protocol):
 
     def read_audit(self, event_id: str) -> dict[str, Any] | None: ...
 
+    def take_budget(self, key: str, limit: int, expires_at: int) -> bool:
+        """Count one use of ``key`` (a device's hour); False once ``limit`` were taken."""
+        ...
+
+    def suppress(self, key: str, until_ms: int, by: str) -> None:
+        """Silence ``key`` (a person at a site) until ``until_ms``."""
+        ...
+
+    def suppressed_until(self, key: str, now_ms: int) -> tuple[int, str] | None:
+        """(until_ms, by) while ``key`` is silenced, else None."""
+        ...
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    data: bytes
+    subtype: str = "jpeg"  # image/<subtype>
+
+
+@dataclass(frozen=True)
+class Message:
+    """One notification: the SMS text, and for e-mail recipients a subject, body and photos."""
+
+    sms: str
+    subject: str = ""
+    email_text: str = ""
+    attachments: tuple[Attachment, ...] = ()
+
+    def email(self, sender: str, to: str) -> bytes:
+        from email.message import EmailMessage
+
+        mail = EmailMessage()
+        mail["From"], mail["To"], mail["Subject"] = sender, to, self.subject or self.sms[:60]
+        mail.set_content(self.email_text or self.sms)
+        for attachment in self.attachments:
+            mail.add_attachment(
+                attachment.data, maintype="image", subtype=attachment.subtype, filename=attachment.filename
+            )
+        return mail.as_bytes()
+
+
+def is_email(recipient: str) -> bool:
+    return "@" in recipient and not recipient.startswith("arn:")
+
 
 class SmsSender(Protocol):
-    def send(self, text: str, skip: Collection[str] = ()) -> dict[str, str]:
-        """Send ``text`` to every recipient not in ``skip``; return recipient -> message id.
+    def send(self, message: Message, recipients: Sequence[str], skip: Collection[str] = ()) -> dict[str, str]:
+        """Send to every recipient not in ``skip`` (E.164 numbers and SNS topic ARNs get the
+        SMS text, e-mail addresses the e-mail); return recipient -> message id.
 
         Raises ``PartialSend`` when some recipients got it and then one failed.
         """
@@ -148,6 +194,44 @@ class DynamoDecisionStore:
             if not _is_conditional_failure(error):  # someone else holds it now: nothing to undo
                 raise
 
+    def take_budget(self, key: str, limit: int, expires_at: int) -> bool:
+        try:
+            self.client.update_item(
+                TableName=self.cooldown_table,
+                Key={COOLDOWN.key: {"S": key}},
+                UpdateExpression="ADD uses :one SET expires_at = :expires",
+                ConditionExpression="attribute_not_exists(uses) OR uses < :limit",
+                ExpressionAttributeValues={
+                    ":one": {"N": "1"},
+                    ":limit": {"N": str(limit)},
+                    ":expires": {"N": str(expires_at)},
+                },
+            )
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+            return False
+        return True
+
+    def suppress(self, key: str, until_ms: int, by: str) -> None:
+        self.client.put_item(
+            TableName=self.cooldown_table,
+            Item={
+                COOLDOWN.key: {"S": key},
+                "until_ms": {"N": str(until_ms)},
+                "by": {"S": by},
+                "expires_at": {"N": str(until_ms // 1000 + 3600)},
+            },
+        )
+
+    def suppressed_until(self, key: str, now_ms: int) -> tuple[int, str] | None:
+        item = self.client.get_item(
+            TableName=self.cooldown_table, Key={COOLDOWN.key: {"S": key}}, ConsistentRead=True
+        ).get("Item")
+        if item is None or int(item["until_ms"]["N"]) <= now_ms:
+            return None
+        return int(item["until_ms"]["N"]), item["by"]["S"]
+
     def write_audit(self, record: dict[str, Any]) -> None:
         from boto3.dynamodb.types import TypeSerializer
 
@@ -170,34 +254,42 @@ class DynamoDecisionStore:
 
 
 class SnsSender:
-    """One publish to the topic (its SMS subscribers), or one per listed number."""
+    """SMS through SNS (a topic's SMS subscribers, or one number), e-mail through SES."""
 
-    def __init__(self, client: Any, topic_arn: str | None, phone_numbers: Sequence[str]) -> None:
-        if not topic_arn and not phone_numbers:
-            raise ValueError("no SMS recipients: set MPD_ALERT_TOPIC_ARN or MPD_ALERT_PHONE_NUMBERS")
+    def __init__(self, client: Any, ses: Any = None, mail_from: str | None = None) -> None:
         self.client = client
-        self.topic_arn = topic_arn
-        self.phone_numbers = tuple(phone_numbers)
+        self.ses = ses
+        self.mail_from = mail_from
 
-    def send(self, text: str, skip: Collection[str] = ()) -> dict[str, str]:
+    def send(self, message: Message, recipients: Sequence[str], skip: Collection[str] = ()) -> dict[str, str]:
         # Transactional: delivered ahead of promotional traffic, and to numbers on DND lists.
         attributes = {"AWS.SNS.SMS.SMSType": {"DataType": "String", "StringValue": "Transactional"}}
-        if self.topic_arn:
-            if self.topic_arn in skip:
-                return {}
-            response = self.client.publish(TopicArn=self.topic_arn, Message=text, MessageAttributes=attributes)
-            return {self.topic_arn: response["MessageId"]}
         sent: dict[str, str] = {}
-        for number in self.phone_numbers:
-            if number in skip:
+        for recipient in recipients:
+            if recipient in skip:
                 continue
             try:
-                response = self.client.publish(PhoneNumber=number, Message=text, MessageAttributes=attributes)
+                if is_email(recipient):
+                    if self.ses is None or not self.mail_from:
+                        continue  # no sender configured: e-mail is an extra channel, SMS is the alert
+                    response = self.ses.send_raw_email(
+                        Source=self.mail_from,
+                        Destinations=[recipient],
+                        RawMessage={"Data": message.email(self.mail_from, recipient)},
+                    )
+                elif recipient.startswith("arn:"):
+                    response = self.client.publish(
+                        TopicArn=recipient, Message=message.sms, MessageAttributes=attributes
+                    )
+                else:
+                    response = self.client.publish(
+                        PhoneNumber=recipient, Message=message.sms, MessageAttributes=attributes
+                    )
             except Exception as error:
                 if sent:
                     raise PartialSend(sent) from error
                 raise
-            sent[number] = response["MessageId"]
+            sent[recipient] = response["MessageId"]
         return sent
 
 
@@ -211,6 +303,8 @@ CREATE TABLE IF NOT EXISTS cooldown (
     {COOLDOWN.key} TEXT PRIMARY KEY, last_sent_ms INTEGER NOT NULL, last_event_id TEXT NOT NULL,
     {COOLDOWN.ttl_attribute} INTEGER);
 CREATE TABLE IF NOT EXISTS audit ({AUDIT.key} TEXT PRIMARY KEY, record TEXT NOT NULL, {AUDIT.ttl_attribute} INTEGER);
+CREATE TABLE IF NOT EXISTS budget (key TEXT PRIMARY KEY, uses INTEGER NOT NULL, expires_at INTEGER);
+CREATE TABLE IF NOT EXISTS suppression (key TEXT PRIMARY KEY, until_ms INTEGER NOT NULL, by TEXT NOT NULL);
 """
 
 
@@ -273,6 +367,24 @@ class SqliteDecisionStore:
     def release_cooldown(self, key: str, event_id: str) -> None:
         with self.tables.connect() as db:
             db.execute(f"DELETE FROM cooldown WHERE {COOLDOWN.key} = ? AND last_event_id = ?", (key, event_id))
+
+    def take_budget(self, key: str, limit: int, expires_at: int) -> bool:
+        with self.tables.connect() as db:
+            changed = db.execute(
+                """INSERT INTO budget (key, uses, expires_at) VALUES (?, 1, ?)
+                   ON CONFLICT (key) DO UPDATE SET uses = uses + 1 WHERE budget.uses < ?""",
+                (key, expires_at, limit),
+            ).rowcount
+        return bool(changed)
+
+    def suppress(self, key: str, until_ms: int, by: str) -> None:
+        with self.tables.connect() as db:
+            db.execute("INSERT OR REPLACE INTO suppression (key, until_ms, by) VALUES (?, ?, ?)", (key, until_ms, by))
+
+    def suppressed_until(self, key: str, now_ms: int) -> tuple[int, str] | None:
+        with self.tables.connect() as db:
+            row = db.execute("SELECT until_ms, by FROM suppression WHERE key = ?", (key,)).fetchone()
+        return (row[0], row[1]) if row and row[0] > now_ms else None
 
     def write_audit(self, record: dict[str, Any]) -> None:
         with self.tables.connect() as db:
@@ -367,27 +479,38 @@ class SqlitePersistenceLayer(BasePersistenceLayer):
 
 
 class FileSmsSink:
-    """SMS appended as JSON lines to a file: the embedded default, no SMS provider."""
+    """SMS appended as JSON lines to a file, e-mail as .eml files: the embedded default."""
 
-    def __init__(self, path: Path, phone_numbers: Sequence[str] = ()) -> None:
+    def __init__(self, path: Path, mail_dir: Path | None = None, mail_from: str = "alerts@localhost") -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.phone_numbers = tuple(phone_numbers) or ("local",)
+        self.mail_dir = Path(mail_dir) if mail_dir else self.path.parent / "mail"
+        self.mail_from = mail_from
 
-    def send(self, text: str, skip: Collection[str] = ()) -> dict[str, str]:
+    def send(self, message: Message, recipients: Sequence[str], skip: Collection[str] = ()) -> dict[str, str]:
         sent_at = dt.datetime.now(dt.UTC).isoformat()
-        lines = [
-            {"message_id": str(uuid.uuid4()), "phone_number": number, "message": text, "sent_at": sent_at}
-            for number in self.phone_numbers
-            if number not in skip
-        ]
+        sent: dict[str, str] = {}
+        lines = []
+        for recipient in recipients:
+            if recipient in skip:
+                continue
+            message_id = str(uuid.uuid4())
+            if is_email(recipient):
+                self.mail_dir.mkdir(parents=True, exist_ok=True)
+                (self.mail_dir / f"{message_id}.eml").write_bytes(message.email(self.mail_from, recipient))
+            else:
+                lines.append(
+                    {"message_id": message_id, "phone_number": recipient, "message": message.sms, "sent_at": sent_at}
+                )
+            sent[recipient] = message_id
         data = "".join(json.dumps(line) + "\n" for line in lines).encode()
-        with open(self.path, "ab") as sink:
-            fcntl.flock(sink, fcntl.LOCK_EX)  # whole lines, even with several writers
-            sink.write(data)
-            sink.flush()
-            os.fsync(sink.fileno())
-        return {line["phone_number"]: line["message_id"] for line in lines}
+        if data:
+            with open(self.path, "ab") as sink:
+                fcntl.flock(sink, fcntl.LOCK_EX)  # whole lines, even with several writers
+                sink.write(data)
+                sink.flush()
+                os.fsync(sink.fileno())
+        return sent
 
 
 def read_sms_sink(path: Path) -> list[dict[str, Any]]:
