@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dev": ("sync_service.dev_servers.cli:dev_group", "Local stand-ins for the source APIs."),
     "cloud": ("sync_service.alerts.cli:cloud_group", "Run the alert path and the nightly cycle locally."),
     "fleet": ("sync_service.fleet.cli:fleet_group", "Fleet health: one line per device, problems first (cloud)."),
+    "users": ("sync_service.review.cli:users_group", "Reviewer accounts of the local review page."),
     "greengrass": ("greengrass.cli:greengrass_group", "Package for AWS IoT Greengrass v2."),
     "demo": ("demo.run:demo_command", "The whole chain on one machine, no AWS account."),
 }

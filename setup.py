@@ -43,6 +43,14 @@ CLOUD = [
     # 2.6 decodes gzip/deflate/br/zstd in bounded steps, so the decoded size cap holds
     # against a compression bomb (sync_service/http.py).
     "urllib3>=2.6,<3",
+    # The review page: Flask + Jinja2 templates, Flask-WTF for forms and CSRF, apig-wsgi
+    # to run the same WSGI app on Lambda (API Gateway v1/v2, ALB, function URLs),
+    # waitress to serve it on one machine, argon2-cffi for the local user file.
+    "flask>=3.1,<3.2",
+    "flask-wtf>=1.2,<2",
+    "apig-wsgi>=2.18,<3",
+    "waitress>=3.0,<4",
+    "argon2-cffi>=23.1,<26",
 ]
 DEMO = ["scikit-image>=0.24,<0.27"]
 DEV = [
@@ -53,6 +61,8 @@ DEV = [
     "ruff>=0.6",
     # Tail fits (generalised Pareto) for the threshold calibration: benchmarks/accuracy.py.
     "scipy>=1.11,<2",
+    # The review page in a real browser: Debian's chromium + chromium-driver (apt).
+    "selenium>=4.25,<5",
 ]
 
 setup(
@@ -65,7 +75,7 @@ setup(
     include_package_data=True,
     package_data={
         "greengrass": ["*.yaml", "*.json", "recipes/*", "schema/*"],
-        "sync_service": ["**/*.json"],
+        "sync_service": ["**/*.json", "review/templates/*.html", "review/static/*.css"],
         "models": ["*.json"],  # impostor_tail.json: the threshold calibration
     },
     install_requires=DEVICE + LARGE_GALLERY + GREENGRASS,

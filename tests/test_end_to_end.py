@@ -155,7 +155,7 @@ class Chain:
         }
         process = subprocess.Popen(
             MPD + ["cloud", "serve", "--mqtt-host", backend["host"], "--mqtt-port", str(backend["port"]),
-                   "--ca", backend["ca"], "--cert", backend["cert"], "--key", backend["key"]],
+                   "--ca", backend["ca"], "--cert", backend["cert"], "--key", backend["key"], "--review-port", "0"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         line = process.stderr.readline()  # "listening on mpd/+/match ..." once subscribed

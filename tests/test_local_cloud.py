@@ -119,9 +119,13 @@ def test_rogue_certificate_is_refused_with_a_clear_error(broker, tmp_path):
 def _serve(broker, env: dict[str, str], client_id: str) -> subprocess.Popen:
     s = broker.client_settings(broker.pki.backend)
     command = [MPD, "cloud", "serve", "--mqtt-host", s["host"], "--mqtt-port", str(s["port"]),
-               "--ca", s["ca"], "--cert", s["cert"], "--key", s["key"], "--client-id", client_id]  # fmt: skip
+               "--ca", s["ca"], "--cert", s["cert"], "--key", s["key"], "--client-id", client_id,
+               "--review-port", "0"]  # fmt: skip
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = process.stderr.readline()  # "listening on ..." once subscribed
+    page = process.stderr.readline()  # "review page at http://...", then "listening on ..." once subscribed
+    assert page.startswith("review page at http://127.0.0.1:"), page + (process.stderr.read() if process.poll() else "")
+    process.review_url = page.split()[3]
+    line = process.stderr.readline()
     assert "listening on mpd/+/match" in line, line + (process.stderr.read() if process.poll() is not None else "")
     return process
 
@@ -189,7 +193,7 @@ def test_mpd_cloud_serve_names_what_is_down(broker, tmp_path):
     env = _base_env(tmp_path) | {"AWS_ENDPOINT_URL": dead, "AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t",
                                  "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1"}  # fmt: skip
     s = broker.client_settings(broker.pki.backend)
-    base = [MPD, "cloud", "serve", "--ca", s["ca"], "--cert", s["cert"], "--key", s["key"]]
+    base = [MPD, "cloud", "serve", "--ca", s["ca"], "--cert", s["cert"], "--key", s["key"], "--review-port", "0"]
     no_aws = subprocess.run([*base, "--mqtt-port", str(s["port"])], env=env, capture_output=True, text=True, timeout=60)
     assert no_aws.returncode == 1 and f"cannot create the alert tables at {dead}" in no_aws.stderr
 

@@ -34,6 +34,12 @@ def cloud_group() -> None:
 @click.option("--clock-speed", type=click.FloatRange(min=1.0), default=1.0, show_default=True,
               help="Run the cycle's clock this many times faster than real time (3600: a night per 24 s).")  # fmt: skip
 @click.option("--cycle-now", is_flag=True, help="Run a first cycle at once instead of waiting for 03:00 UTC.")
+@click.option("--review-host", default="127.0.0.1", show_default=True, help="Address of the review page.")
+@click.option(
+    "--review-port", type=int, default=8080, show_default=True, help="Port of the review page (0: any free one)."
+)
+@click.option("--review/--no-review", "serve_review", default=True, show_default=True, help="Serve the review page.")
+@click.option("--sweep-seconds", type=float, default=30.0, show_default=True, help="How often to escalate/expire.")
 def serve_command(
     mqtt_host: str,
     mqtt_port: int,
@@ -46,9 +52,14 @@ def serve_command(
     cycle_config: str | None,
     clock_speed: float,
     cycle_now: bool,
+    review_host: str,
+    review_port: int,
+    serve_review: bool,
+    sweep_seconds: float,
 ) -> None:
     """Apply the IoT rules to MQTT messages (alerts, fleet health) and run the handlers in-process,
-    and optionally the nightly cycle on a clock that can run faster than real time.
+    serve the review page (the same app as the review Lambda) with its escalation sweep, and
+    optionally the nightly cycle on a clock that can run faster than real time.
 
     AWS backend when AWS_ENDPOINT_URL is set (moto) or MPD_ALERT_BACKEND=aws; otherwise
     SQLite tables and an SMS file sink under MPD_ALERT_DIR (default .mpd/cloud).
@@ -84,6 +95,21 @@ def serve_command(
         )
     except ValueError as error:  # edge_app.mqtt_tls.MqttTlsError: unreadable TLS files
         raise click.UsageError(str(error)) from None
+    page = None
+    if serve_review:
+        from sync_service.review.app import build_app
+        from sync_service.review.server import ReviewServer
+
+        try:
+            page = ReviewServer(build_app(settings, service.review), review_host, review_port)
+        except (OSError, ValueError) as error:
+            raise click.ClickException(
+                f"cannot serve the review page on {review_host}:{review_port}: {error}"
+            ) from None
+        page.start()
+        click.echo(
+            f"review page at http://{review_host}:{page.port}/ (links in messages: {settings.review_url})", err=True
+        )
     try:
         engine.start()
     except ConnectionError as error:
@@ -98,10 +124,16 @@ def serve_command(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    while not stop.wait(sweep_seconds):
+        try:
+            service.review.sweep()
+        except Exception as error:  # a store hiccup must not stop the alert path
+            click.echo(f"sweep failed: {error!r}", err=True)
     for extra in extras:
         extra.stop()
     engine.stop()
+    if page is not None:
+        page.stop()
 
 
 def _start_fleet(settings, host: str, port: int, ca: str, cert: str, key: str, client_id: str):
