@@ -11,6 +11,31 @@ if ! command -v mosquitto >/dev/null 2>&1; then
     echo "mosquitto is missing: run 'sudo apt-get install mosquitto' (needed by the integration tests)" >&2
   fi
 fi
+# The review page is tested in a real browser: Debian's chromium and its chromedriver.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+  else
+    echo "chromium is missing: run 'sudo apt-get install chromium chromium-driver' (needed by the review page tests)" >&2
+  fi
+fi
+# axe-core (the accessibility engine the browser tests inject), from the npm registry,
+# pinned; kept out of git (it is a 500 KB generated file).
+AXE_VERSION=4.14.1
+if [ ! -f ".cache/axe-core-$AXE_VERSION/axe.min.js" ]; then
+  if ! command -v npm >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
+  fi
+  if command -v npm >/dev/null 2>&1; then
+    mkdir -p ".cache/axe-core-$AXE_VERSION"
+    (cd .cache && npm pack --silent "axe-core@$AXE_VERSION" >/dev/null \
+      && tar -xzf "axe-core-$AXE_VERSION.tgz" -C "axe-core-$AXE_VERSION" --strip-components=1 package/axe.min.js \
+      && rm -f "axe-core-$AXE_VERSION.tgz")
+  else
+    echo "npm is missing: the accessibility checks of the review page will be skipped" >&2
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   python3.11 -m venv .venv
 fi

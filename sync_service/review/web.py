@@ -54,7 +54,7 @@ def create_app(
     auth: Authenticator,
     secret_key: bytes,
     *,
-    session_minutes: int = 30,
+    session_minutes: float = 30,
     secure_cookies: bool = True,
     clock: Callable[[], float] = time.time,
 ) -> Flask:
@@ -209,7 +209,9 @@ def create_app(
             flash("Choose Confirm or Not this person.", "error")
             return redirect(url_for("alert", review_id=record.review_id))
         try:
-            outcome = service.decide(record.review_id, g.user, confirm=bool(form.confirm.data), note=form.note.data)
+            outcome = service.decide(
+                record.review_id, g.user, confirm=bool(form.confirm.data), note=form.note.data or ""
+            )
         except Decided as decided:
             other = decided.record
             audit(record.review_id, "decision_refused", f"already {other.state.value}")
