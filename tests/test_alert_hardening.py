@@ -153,3 +153,12 @@ def test_an_honest_device_event_passes_the_bounds():
     event = make_event(best_similarity=0.5, mean_similarity=0.49, threshold=0.51)  # within the rounding slack
     assert event.implausibility(SEEN + timedelta(seconds=3)) is None
     assert MatchEvent.from_json(event.to_json()) == event
+
+
+def test_a_scoped_gallery_version_is_found_under_its_scope(aws_alerts, tmp_path):  # noqa: F811
+    root = write_gallery(tmp_path / "build-gallery", version="20261127T030000Z")
+    write_gallery(root / "scopes" / "texas", version="20261128T030000Z")
+    service = aws_alerts.service(gallery_url=str(root))
+    assert service.handle(rule_event(make_event(gallery_version="20261128T030000Z")))["decision"] == "sent"
+    other = service.handle(rule_event(make_event(gallery_version="20261129T030000Z")))
+    assert other["decision"] == "rejected" and "was not published" in other["reason"]

@@ -20,7 +20,7 @@ from sync_service.alerts.rule import RULE_SQL, RULE_SQL_VERSION, LocalRule
 from sync_service.alerts.stores import AUDIT, COOLDOWN, IDEMPOTENCY
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "template.yaml"
-PSEUDO = {"AWS::AccountId", "AWS::Region", "AWS::Partition", "AWS::StackName", "AWS::URLSuffix"}
+PSEUDO = {"AWS::AccountId", "AWS::Region", "AWS::Partition", "AWS::StackName", "AWS::URLSuffix", "AWS::NoValue"}
 
 
 @pytest.fixture(scope="module")
@@ -105,11 +105,15 @@ def test_alert_environment_is_what_the_handler_reads(template):
     values |= {
         name: str(params.get(value["Ref"], {}).get("Default", f"{value['Ref']}-physical-name"))
         for name, value in env.items()
-        if isinstance(value, dict)
+        if isinstance(value, dict) and "Ref" in value
     }
+    values |= {"MPD_MAIL_FROM": "alerts@example.org", "MPD_GALLERY_URL": "s3://bucket/build/gallery"}
+    values |= {"MPD_STORE_URL": "s3://bucket/ingest", "MPD_REVIEW_URL": "https://abc.execute-api.example"}
+    values |= {"MPD_CROP_KMS_KEY": "arn:aws:kms:us-east-1:123456789012:key/x"}
     settings = AlertSettings.from_env({**values, "AWS_LAMBDA_FUNCTION_NAME": "mpd-alerts"})
     assert settings.backend == "aws" and settings.cooldown_seconds == 900
     assert settings.source_urls == {"namus": "https://www.namus.gov"}
+    assert set(env) >= {"MPD_GALLERY_URL", "MPD_REVIEW_TABLE", "MPD_CROP_BUCKET", "MPD_REVIEW_URL"}
 
 
 HANDLERS = {
@@ -119,6 +123,8 @@ HANDLERS = {
     "GalleryPublishFunction": "sync_service.cycle.handlers.publish_handler",
     "HealthFunction": "sync_service.fleet.handler.health_handler",
     "FleetCheckFunction": "sync_service.fleet.handler.check_handler",
+    "ReviewFunction": "sync_service.review.lambda_app.handler",
+    "ReviewSweepFunction": "sync_service.review.lambda_app.sweep_handler",
 }
 
 
@@ -136,7 +142,7 @@ def _statements(function: dict) -> list[dict]:
 
 def test_alert_function_has_least_privilege(template):
     statements = _statements(template["Resources"]["AlertFunction"])
-    granted = {(action, str(s["Resource"])) for s in statements for action in s["Action"]}
+    granted = {(action, str(s.get("Resource", s.get("NotResource")))) for s in statements for action in s["Action"]}
     assert granted == {
         ("dynamodb:GetItem", "{'Fn::GetAtt': ['IdempotencyTable', 'Arn']}"),
         ("dynamodb:PutItem", "{'Fn::GetAtt': ['IdempotencyTable', 'Arn']}"),
@@ -144,15 +150,37 @@ def test_alert_function_has_least_privilege(template):
         ("dynamodb:DeleteItem", "{'Fn::GetAtt': ['IdempotencyTable', 'Arn']}"),
         ("dynamodb:UpdateItem", "{'Fn::GetAtt': ['CooldownTable', 'Arn']}"),
         ("dynamodb:DeleteItem", "{'Fn::GetAtt': ['CooldownTable', 'Arn']}"),
+        ("dynamodb:GetItem", "{'Fn::GetAtt': ['CooldownTable', 'Arn']}"),
         ("dynamodb:PutItem", "{'Fn::GetAtt': ['AuditTable', 'Arn']}"),
         ("dynamodb:GetItem", "{'Fn::GetAtt': ['AuditTable', 'Arn']}"),
         ("sns:Publish", "{'Ref': 'AlertTopic'}"),
+        ("sns:Publish", "{'Fn::Sub': 'arn:${AWS::Partition}:sns:*:*:*'}"),  # NotResource: phone numbers only
         ("sqs:SendMessage", "{'Fn::GetAtt': ['AlertFailureQueue', 'Arn']}"),
+        ("dynamodb:PutItem", "{'Fn::GetAtt': ['ReviewTable', 'Arn']}"),
+        ("dynamodb:GetItem", "{'Fn::GetAtt': ['ReviewTable', 'Arn']}"),
+        ("dynamodb:UpdateItem", "{'Fn::GetAtt': ['ReviewTable', 'Arn']}"),
+        ("dynamodb:PutItem", "{'Fn::GetAtt': ['ReviewAuditTable', 'Arn']}"),
+        ("s3:PutObject", "{'Fn::Sub': '${CropBucket.Arn}/crops/*'}"),
+        ("s3:GetObject", "{'Fn::Sub': '${CropBucket.Arn}/crops/*'}"),
+        ("kms:GenerateDataKey", "{'Fn::GetAtt': ['CropKey', 'Arn']}"),
+        ("kms:Decrypt", "{'Fn::GetAtt': ['CropKey', 'Arn']}"),
+        (
+            "s3:GetObject",
+            "[{'Fn::Sub': '${GalleryBucket.Arn}/build/gallery/*'}, {'Fn::Sub': '${GalleryBucket.Arn}/ingest/*'}]",
+        ),
+        ("s3:ListBucket", "{'Fn::GetAtt': ['GalleryBucket', 'Arn']}"),
+        ("ses:SendRawEmail", "{'Fn::Sub': 'arn:${AWS::Partition}:ses:${AWS::Region}:${AWS::AccountId}:identity/*'}"),
     }
+    (not_a_topic,) = [s for s in statements if "NotResource" in s]
+    assert not_a_topic["Action"] == ["sns:Publish"]  # direct SMS has no ARN; topics other than ours stay denied
 
 
 def _grants(function: dict) -> set[tuple[str, str]]:
-    return {(a, json.dumps(s["Resource"], sort_keys=True)) for s in _statements(function) for a in s["Action"]}
+    return {
+        (a, json.dumps(s.get("Resource", s.get("NotResource")), sort_keys=True))
+        for s in _statements(function)
+        for a in s["Action"]
+    }
 
 
 def _s3(prefix: str) -> str:
@@ -174,7 +202,11 @@ def test_cycle_functions_touch_only_their_prefixes(template):
         if function["Type"] == "AWS::Serverless::Function":
             env = function["Properties"].get("Environment", {}).get("Variables", {})
             assert "MPD_GALLERY_SIGNING_KEY" not in env and "resolve:secretsmanager" not in json.dumps(env), name
-            assert not any("secretsmanager" in a for a, _ in _grants(function)) or name == "GalleryBuildFunction"
+            secrets = {g for g in _grants(function) if "secretsmanager" in g[0]}
+            if name == "ReviewFunction":  # its own session-signing secret only
+                assert secrets == {("secretsmanager:GetSecretValue", json.dumps({"Ref": "ReviewSessionSecret"}))}
+            else:
+                assert not secrets or name == "GalleryBuildFunction", name
     assert build["Properties"]["Environment"]["Variables"]["MPD_GALLERY_SIGNING_KEY_SECRET"] == {"Ref": "GallerySigningKeySecret"}  # fmt: skip
     announce = {g for g in _grants(publish) if g[0] == "iot:Publish"}
     assert announce == {("iot:Publish", json.dumps({"Fn::Sub": "arn:${AWS::Partition}:iot:${AWS::Region}:${AWS::AccountId}:topic/mpd/gallery/*"}))}  # fmt: skip
@@ -254,10 +286,10 @@ def test_no_wildcards_and_private_storage(template):
     for name in HANDLERS:
         for statement in _statements(template["Resources"][name]):
             # iot:DescribeEndpoint has no resource-level permissions: "*" is the only form.
-            assert statement["Resource"] != "*" or statement["Action"] == ["iot:DescribeEndpoint"], name
+            assert statement.get("Resource") != "*" or statement["Action"] == ["iot:DescribeEndpoint"], name
             assert not any(action.endswith(":*") for action in statement["Action"]), name
-    bucket = template["Resources"]["GalleryBucket"]["Properties"]
-    assert all(bucket["PublicAccessBlockConfiguration"].values())
+    for bucket in ("GalleryBucket", "CropBucket"):
+        assert all(template["Resources"][bucket]["Properties"]["PublicAccessBlockConfiguration"].values())
     for table in resources(template, "AWS::DynamoDB::Table").values():
         assert table["Properties"]["SSESpecification"] == {"SSEEnabled": True}
 
@@ -274,3 +306,46 @@ def test_outputs_name_what_operators_need(template):
         "DeviceTableName",
         "OpsTopicArn",
     } <= set(template["Outputs"])
+
+
+def test_review_storage_matches_the_code(template):
+    """Crops: SSE-KMS with our key, deleted after the TTL; review tables as the code queries them."""
+    from sync_service.review.records import BY_SITE_INDEX, PENDING_INDEX
+
+    crops = template["Resources"]["CropBucket"]["Properties"]
+    (rule,) = crops["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"] == {
+        "SSEAlgorithm": "aws:kms",
+        "KMSMasterKeyID": {"Fn::GetAtt": ["CropKey", "Arn"]},
+    }
+    (expiry,) = crops["LifecycleConfiguration"]["Rules"]
+    assert expiry["Prefix"] == "crops/" and expiry["ExpirationInDays"] == {"Ref": "CropTtlDays"}
+    review = template["Resources"]["ReviewTable"]["Properties"]
+    assert review["KeySchema"] == [{"AttributeName": "review_id", "KeyType": "HASH"}]
+    indexes = {index["IndexName"]: index["KeySchema"] for index in review["GlobalSecondaryIndexes"]}
+    assert indexes[BY_SITE_INDEX] == [
+        {"AttributeName": "site", "KeyType": "HASH"},
+        {"AttributeName": "sort_key", "KeyType": "RANGE"},
+    ]
+    assert indexes[PENDING_INDEX] == [
+        {"AttributeName": "pending", "KeyType": "HASH"},
+        {"AttributeName": "created_ms", "KeyType": "RANGE"},
+    ]
+    assert review["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+
+
+def test_review_page_reads_its_settings_and_signs_in_with_cognito(template):
+    env = template["Resources"]["ReviewFunction"]["Properties"]["Environment"]["Variables"]
+    known = (
+        set(ENV_FIELDS.values())
+        | set(ENV_JSON)
+        | {"MPD_REVIEW_SECRET_ARN", "MPD_COGNITO_USER_POOL_ID", "MPD_COGNITO_CLIENT_ID"}
+    )
+    assert {name for name in env if name.startswith("MPD_")} <= known
+    assert env["MPD_COGNITO_USER_POOL_ID"] == {"Ref": "ReviewerPool"}
+    client = template["Resources"]["ReviewerPoolClient"]["Properties"]
+    assert "ALLOW_USER_PASSWORD_AUTH" in client["ExplicitAuthFlows"] and client["GenerateSecret"] is False
+    events = template["Resources"]["ReviewFunction"]["Properties"]["Events"]
+    assert {e["Properties"]["Path"] for e in events.values()} == {"/", "/{proxy+}"}
+    sweep = template["Resources"]["ReviewSweepFunction"]["Properties"]["Events"]["EveryMinute"]
+    assert sweep["Properties"]["Schedule"] == "rate(1 minute)"

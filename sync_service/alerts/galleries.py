@@ -8,8 +8,11 @@ about the person then comes from the cloud's row or a fresh source lookup, never
 the device's strings.
 
 The gallery store is a store URL (folder or ``s3://``) under which each version's
-full bundle lives at ``<version>/full/`` (a published gallery root, or the build
-output's ``gallery/`` prefix). Person tables are read once per version and kept.
+full bundle lives at ``<version>/full/``, and each scope's at
+``scopes/<scope>/<version>/full/``: the build output's ``gallery/`` prefix, which is
+cloud-private and keeps the versions of the retention window (the published root keeps
+only the live one, so a device that has not synced yet would be refused). Person
+tables are read once per version and kept.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -34,6 +38,7 @@ from sync_service.store import Store, StoreError, open_store
 _OTHER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 KEPT_VERSIONS = 8  # person tables in memory: the versions devices run today
+SCOPES_REFRESH_SECONDS = 300.0
 
 
 class UnknownCase(ValueError):
@@ -73,6 +78,16 @@ class PublishedGalleries:
         self.store = open_store(store) if isinstance(store, str) else store
         self._tables: OrderedDict[str, dict[str, PersonRow]] = OrderedDict()
         self._lock = threading.Lock()
+        self._scopes: tuple[float, list[str]] = (0.0, [])
+
+    def _scope_prefixes(self) -> list[str]:
+        """``scopes/<name>/`` of every gallery scope (listed at most every few minutes)."""
+        listed_at, scopes = self._scopes
+        if time.monotonic() - listed_at > SCOPES_REFRESH_SECONDS:
+            names = {key.split("/")[1] for key in self.store.list_keys("scopes/") if key.count("/") >= 2}
+            scopes = [f"scopes/{name}/" for name in sorted(names)]
+            self._scopes = (time.monotonic(), scopes)
+        return scopes
 
     def persons(self, version: str) -> dict[str, PersonRow]:
         """person_id -> row of ``version``; raises ``UnknownCase`` when the version was never published."""
@@ -90,10 +105,13 @@ class PublishedGalleries:
         return table
 
     def _read(self, version: str) -> dict[str, PersonRow]:
-        prefix = f"{version}/full/"
-        manifest_bytes = self.store.read_bytes(prefix + MANIFEST)
-        if manifest_bytes is None:
-            raise UnknownCase(f"gallery version {version!r} was not published")
+        for prefix in ["", *self._scope_prefixes()]:
+            prefix = f"{prefix}{version}/full/"
+            manifest_bytes = self.store.read_bytes(prefix + MANIFEST)
+            if manifest_bytes is not None:
+                break
+        else:
+            raise UnknownCase(f"gallery version {version!r} was not published (or is past the retention)")
         try:
             manifest = Manifest.model_validate_json(manifest_bytes)
             entry = manifest.files[PERSONS]
