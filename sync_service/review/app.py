@@ -10,6 +10,7 @@ Locally: reviewers from the user file (``$MPD_ALERT_DIR/users.json`` or
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -45,6 +46,8 @@ def build_app(settings: AlertSettings, review: ReviewService, env: Mapping[str, 
 
         secret = boto3.client("secretsmanager").get_secret_value(SecretId=env["MPD_REVIEW_SECRET_ARN"])
         key = secret["SecretString"].encode()
+    elif settings.backend == "aws":  # against moto: nothing is written locally; sessions end with the process
+        key = secrets.token_bytes(32)
     else:
         key = load_or_create_key(settings.local_dir / "review-session.key")
     try:
