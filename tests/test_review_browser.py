@@ -373,14 +373,14 @@ def test_a_forged_csrf_token_is_refused(site, browser):
 def test_an_expired_session_must_log_in_again(site, tmp_path, browser):
     review_id = site.alert()
     app = create_app(site.alerts.review, UserFile(Path(site.env["MPD_REVIEW_USERS"])), b"k" * 32,
-                     session_minutes=2 / 60, secure_cookies=False)  # fmt: skip
+                     session_minutes=6 / 60, secure_cookies=False)  # fmt: skip
     short = ReviewServer(app, port=0).start()
     try:
         browser.get(f"{short.url}/r/{review_id}")
         log_in(browser, "alice")
         assert browser.current_url.endswith(f"/alerts/{review_id}")
         stolen = session_of(browser)
-        time.sleep(3.1)
+        time.sleep(6.5)
         browser.get(f"{short.url}/alerts/{review_id}")
         assert "/login" in browser.current_url and "Dana" not in browser.page_source
         # The cookie itself is refused past its age, even replayed by hand.
