@@ -38,8 +38,10 @@ def _public_key(config_value: str):
         raise click.ClickException(f"gallery public key: {error}") from None
 
 
-def _load_gallery(bundle: Path, key, embedder_ref: dict):
-    from edge_app.gallery.bundle import BundleError, load_bundle
+def _load_gallery(bundle: Path, key, embedder_ref: dict, allow_unsigned: bool):
+    """The bundle, verified: signed with ``key``; unsigned (or no key to check with) only when
+    ``allow_unsigned`` says so explicitly. A bad signature is refused whatever the flag."""
+    from edge_app.gallery.bundle import SIGNATURE, BundleError, load_bundle
     from edge_app.gallery.gallery import Gallery
     from edge_app.gallery.install import PUBLIC_KEY_ENV
     from edge_app.gallery.live import LiveGallery
@@ -49,10 +51,20 @@ def _load_gallery(bundle: Path, key, embedder_ref: dict):
     # A gallery directory managed by the sync agent points at its bundle with `current`.
     if (bundle / "current").is_dir() and not (bundle / "manifest.json").exists():
         bundle = (bundle / "current").resolve()
-    if key is None:
-        log.warning("no gallery public key (--public-key or %s): the bundle's signature is not checked", PUBLIC_KEY_ENV)
+    check_signature = key is not None and (bundle / SIGNATURE).exists()
+    if not check_signature:
+        why = (
+            f"no gallery public key to check its signature (--public-key, gallery.public_key or {PUBLIC_KEY_ENV})"
+            if key is None
+            else f"unsigned bundle ({SIGNATURE} is missing)"
+        )
+        if not allow_unsigned:
+            raise click.ClickException(
+                f"gallery refused: {bundle}: {why}; --allow-unsigned runs it unchecked (tests and demos only)"
+            )
+        log.warning("running an unchecked gallery (--allow-unsigned): %s", why)
     try:
-        contents = load_bundle(bundle, public_key=key, require_signature=key is not None)
+        contents = load_bundle(bundle, public_key=key if check_signature else None, require_signature=check_signature)
         return LiveGallery(Gallery.from_bundle(contents), embedder=embedder_ref)
     except BundleError as error:
         raise click.ClickException(f"gallery refused: {error}") from None
@@ -84,6 +96,8 @@ def _start_gallery_sync(gallery_dir: Path, settings, key, embedder_ref: dict):
             key,
             embedder=ModelRef(**embedder_ref),
             interval=settings.interval_s,
+            sync_deadline_s=settings.sync_deadline_s,
+            keep_free_bytes=int(settings.min_free_mb * 1024 * 1024),
         )
         if agent.current_bundle is None:
             result = agent.sync_once()
@@ -136,6 +150,11 @@ def _read_component_configuration():
 @click.option("--realtime", is_flag=True, help="Pace a video file at its own fps, dropping frames when behind.")
 @click.option("--public-key", help="Ed25519 public key (PEM file) the gallery must be signed with.")
 @click.option(
+    "--allow-unsigned",
+    is_flag=True,
+    help="Run a --bundle that is unsigned, or with no public key to check it (tests and demos only).",
+)
+@click.option(
     "--gallery-from",
     help="Keep the gallery fresh while running: a folder, http(s):// or s3:// gallery root (gallery.source).",
 )
@@ -162,6 +181,7 @@ def run_command(
     max_frames: int | None,
     realtime: bool,
     public_key: str | None,
+    allow_unsigned: bool,
     gallery_from: str | None,
     gallery_interval: float | None,
     overlap_detection: bool,
@@ -215,7 +235,7 @@ def run_command(
         agent, live = _start_gallery_sync(bundle, config.gallery, key, models.embedder_ref)
         listener = _listen_for_announcements(agent, config)
     else:
-        live = _load_gallery(bundle, key, models.embedder_ref)
+        live = _load_gallery(bundle, key, models.embedder_ref, allow_unsigned)
     try:
         pub = make_publisher(config)
     except PublishError as error:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 # Keys a running pipeline applies without a restart (Greengrass configuration updates).
-LIVE_KEYS = frozenset({"recognition", "cameras", "health_interval_s"})
+LIVE_KEYS = frozenset({"recognition", "cameras", "health_interval_s", "motion"})
 
 
 class ConfigError(ValueError):
@@ -66,10 +66,42 @@ class RecognitionConfig(BaseModel):
         return self
 
 
+class CaptureConfig(BaseModel):
+    """How live cameras that are unreachable or stop delivering are retried (docs/device.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    reconnect_initial_s: float = Field(default=1.0, gt=0.0, le=60.0)  # first wait, doubling...
+    reconnect_max_s: float = Field(default=10.0, gt=0.0, le=600.0)  # ...up to this
+    down_after_s: float = Field(default=60.0, gt=0.0, le=86_400.0)  # "reconnecting" this long is "down"
+
+    @model_validator(mode="after")
+    def _max_not_below_initial(self) -> CaptureConfig:
+        if self.reconnect_max_s < self.reconnect_initial_s:
+            raise ValueError(
+                f"reconnect_max_s ({self.reconnect_max_s}) is below reconnect_initial_s ({self.reconnect_initial_s})"
+            )
+        return self
+
+
+class MotionConfig(BaseModel):
+    """Skip face detection on frames with no motion (edge_app/pipeline/motion.py, docs/device.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    width: int = Field(default=160, ge=32, le=1280)  # pixels wide the frames are compared at
+    pixel_threshold: int = Field(default=18, ge=1, le=255)  # grey levels a pixel must change by
+    min_area: float = Field(default=0.002, gt=0.0, le=1.0)  # fraction of pixels that must change
+    recheck_s: float = Field(default=2.0, gt=0.0, le=3600.0)  # detect at least this often anyway
+
+
 class OutboxConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    path: Path = Path("mpd-outbox.sqlite3")
+    path: Path = Path("mpd-outbox/outbox.sqlite3")  # its directory is created 0700, the files 0600
     max_events: int = Field(default=10_000, ge=10, le=10_000_000)
+    # Kept free beside the database and given back when the disk fills, so the outbox can write.
+    reserve_mb: float = Field(default=16.0, ge=0.0, le=10_000.0)
+    # Events held in memory while the disk cannot take them (the oldest dropped past this).
+    max_in_memory: int = Field(default=1000, ge=1, le=100_000)
     backoff_initial_s: float = Field(default=1.0, gt=0.0, le=600.0)
     backoff_max_s: float = Field(default=300.0, gt=0.0, le=86_400.0)
 
@@ -99,6 +131,9 @@ class GalleryConfig(BaseModel):
     # The regional (or agency) gallery this device searches, as the cloud configuration names
     # it; "" or "all" = the whole gallery. Its files are under <source>/scopes/<scope>/.
     scope: str = Field(default="", pattern=r"^$|^[a-z0-9][a-z0-9-]{0,62}$")
+    # One whole sync (every request and download in it) ends by then; what arrived is kept.
+    sync_deadline_s: float = Field(default=3600.0, ge=10.0, le=7 * 86400)
+    min_free_mb: float = Field(default=64.0, ge=0.0, le=1_000_000.0)  # a download never leaves less free
 
     @field_validator("source")
     @classmethod
@@ -136,6 +171,8 @@ class EdgeConfig(BaseModel):
         pattern=r"^[A-Za-z0-9_.:-]+$",
     )
     cameras: list[CameraConfig] = Field(default_factory=list)
+    capture: CaptureConfig = Field(default_factory=CaptureConfig)
+    motion: MotionConfig = Field(default_factory=MotionConfig)
     recognition: RecognitionConfig = Field(default_factory=RecognitionConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     publisher: Literal["stdout", "file", "mqtt", "greengrass"] = "stdout"

@@ -1,4 +1,5 @@
-"""Device health on ``mpd/{device_id}/health``: gallery version, fps, outbox depth.
+"""Device health on ``mpd/{device_id}/health``: gallery version, current fps and state of
+each camera, storage condition, outbox depth (``edge_app.match_event.HealthReport``).
 
 Health is a heartbeat, not evidence: it is published best effort (QoS 1, short wait)
 and never queued in the outbox, so a long outage does not fill the outbox with stale
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +19,50 @@ from edge_app.match_event import HealthReport, health_topic
 from edge_app.publishers import Publisher, PublishError
 
 log = logging.getLogger(__name__)
+
+RATE_WINDOW_S = 10.0  # "current" fps: counted over the last 10 s, in 1 s buckets
+
+
+class RecentRate:
+    """Counts events in one-second buckets and gives the rate over the last ``window_s`` seconds.
+
+    Cheap enough for every frame (one lock, one integer add); a lifetime average would hide a
+    camera that stopped an hour ago."""
+
+    def __init__(self, window_s: float = RATE_WINDOW_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s = window_s
+        self.clock = clock
+        self._buckets: dict[int, int] = {}
+        self._started = clock()
+        self._lock = threading.Lock()
+
+    def add(self, count: int = 1) -> None:
+        second = int(self.clock())
+        with self._lock:
+            self._buckets[second] = self._buckets.get(second, 0) + count
+            if len(self._buckets) > self.window_s + 2:
+                oldest = second - int(self.window_s) - 1
+                for key in [k for k in self._buckets if k < oldest]:
+                    del self._buckets[key]
+
+    def _window(self) -> tuple[int, float]:
+        """(first bucket in the window, seconds the window covers so far)."""
+        now = self.clock()
+        first = int(now) - int(self.window_s) + 1
+        return first, max(min(now - first, now - self._started), 1e-3)
+
+    def count(self) -> int:
+        """Events in the window (the last ``window_s`` one-second buckets, the current one included)."""
+        first, _ = self._window()
+        with self._lock:
+            return sum(n for second, n in self._buckets.items() if second >= first)
+
+    def rate(self) -> float:
+        """Events per second over the window (over the time since start while that is shorter)."""
+        first, span = self._window()
+        with self._lock:
+            count = sum(n for second, n in self._buckets.items() if second >= first)
+        return count / max(span, 0.5)
 
 
 class HealthReporter(threading.Thread):

@@ -1,7 +1,7 @@
-"""The match event: the one message a device sends when it has confirmed a person.
+"""The device's two wire messages: the match event (a confirmed person) and the health report.
 
-This is the single definition of the contract (DESIGN.md, "Flow and contracts").
-The device builds it; the cloud alert handler validates incoming payloads with it.
+This is the single definition of both contracts. The device builds them; the cloud alert
+handler and the fleet-health consumer validate incoming payloads with them.
 Keep this module free of heavy imports: the alert Lambda imports it.
 """
 
@@ -16,7 +16,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MATCH_SCHEMA = "mpd.match/1"
-HEALTH_SCHEMA = "mpd.health/1"
+HEALTH_SCHEMA = "mpd.health/2"
+# Health messages of older devices still parse: the fields added since have defaults.
+HEALTH_SCHEMAS = ("mpd.health/1", HEALTH_SCHEMA)
+MAX_HEALTH_BYTES = 64 * 1024
 # A JPEG crop is optional and capped so one event stays a few KB (IoT Core's
 # default message limit is 128 KB; Greengrass spools whole messages).
 MAX_CROP_BYTES = 8 * 1024
@@ -140,30 +143,91 @@ class MatchEvent(BaseModel):
 
 
 class CameraHealth(BaseModel):
-    """One camera in a health report: its *current* rate, not a lifetime average, so a camera
-    unplugged a minute ago shows 0 at the next report."""
+    """One camera's state in a health message.
+
+    ``up``: frames arrive. ``reconnecting``: the camera stopped delivering (or was not
+    reachable at start) and is being retried with backoff. ``down``: still unreachable
+    after ``capture.down_after_s``; it is still retried. ``since`` is when the camera
+    entered its state."""
 
     model_config = ConfigDict(extra="forbid")
+    state: Literal["up", "reconnecting", "down"]
+    since: datetime | None = None
+    fps: Annotated[float, Field(ge=0.0, le=1000.0)] = 0.0  # frames processed per second over the recent window
+    dropped: Annotated[int, Field(ge=0)] = 0  # frames dropped (processing behind) over the recent window
+    skipped_no_motion: Annotated[int, Field(ge=0)] = 0  # frames not searched for faces (no motion), same window
+    error: Annotated[str | None, Field(max_length=300)] = None  # why it is not up
 
-    fps: Annotated[float, Field(ge=0.0, le=1000.0)]  # frames read since the previous report / seconds since
-    state: Literal["ok", "no frames", "stopped"] = "ok"
+    @field_validator("since")
+    @classmethod
+    def _since_is_aware(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else _aware(value)
+
+
+class StorageHealth(BaseModel):
+    """The disk the outbox writes to. ``low``: free space is below the reserve kept for the
+    outbox (gallery downloads are refused). ``full``: the last outbox write failed for lack
+    of space; confirmed events are held in memory (``events_in_memory``, bounded) and retried."""
+
+    model_config = ConfigDict(extra="forbid")
+    state: Literal["ok", "low", "full"]
+    free_bytes: Annotated[int, Field(ge=0)]
+    reserve_bytes: Annotated[int, Field(ge=0)]
+    events_in_memory: Annotated[int, Field(ge=0)] = 0
+    events_lost: Annotated[int, Field(ge=0)] = 0  # memory bound exceeded while the disk stayed full
+    error: Annotated[str | None, Field(max_length=300)] = None
 
 
 class HealthReport(BaseModel):
-    """Periodic device health on ``mpd/{device_id}/health``."""
+    """Periodic device health on ``mpd/{device_id}/health``.
+
+    Schema 2 (this one) added ``fps_window_s``, ``camera_health``, ``storage`` and
+    ``interval_s`` and made ``fps`` the current rate (frames processed per second over the last
+    ``fps_window_s``, all cameras) instead of the average since start. Schema 1 messages parse
+    with defaults."""
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_: Literal["mpd.health/1"] = Field(HEALTH_SCHEMA, alias="schema")
+    schema_: Literal["mpd.health/1", "mpd.health/2"] = Field(HEALTH_SCHEMA, alias="schema")
     device_id: Identifier
     sent_at: datetime = Field(default_factory=utc_now)
     gallery_version: str | None = None
-    fps: float = 0.0
-    outbox_depth: int = 0
-    cameras: list[str] = Field(default_factory=list)
-    camera_health: dict[str, CameraHealth] = Field(default_factory=dict)  # camera id -> current state
-    interval_s: float | None = None  # the device's health interval: how long silence is normal
+    fps: Annotated[float, Field(ge=0.0)] = 0.0
+    fps_window_s: Annotated[float | None, Field(gt=0.0)] = None
+    outbox_depth: Annotated[int, Field(ge=0)] = 0
+    cameras: list[str] = Field(default_factory=list)  # ids, as in schema 1
+    camera_health: dict[str, CameraHealth] = Field(default_factory=dict)  # camera id -> its state now
+    storage: StorageHealth | None = None
+    interval_s: Annotated[float | None, Field(gt=0.0)] = (
+        None  # the device's health interval: how long silence is normal
+    )
     detail: dict[str, float | int | str] = Field(default_factory=dict)
 
+    @field_validator("sent_at")
+    @classmethod
+    def _sent_at_is_aware(cls, value: datetime) -> datetime:
+        return _aware(value)
+
     def to_json(self) -> str:
-        return self.model_dump_json(by_alias=True)
+        return self.model_dump_json(by_alias=True, exclude_none=True)
+
+    @classmethod
+    def from_json(cls, payload: bytes | str) -> HealthReport:
+        """Parse a health message of any known schema; raises ``ValueError`` naming what is wrong."""
+        if len(payload) > MAX_HEALTH_BYTES:
+            raise ValueError(f"health payload is {len(payload)} bytes, more than {MAX_HEALTH_BYTES}")
+        try:
+            data = json.loads(payload)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+            raise ValueError(f"health payload is not JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise ValueError("health payload is not a JSON object")
+        if data.get("schema") not in HEALTH_SCHEMAS:
+            raise ValueError(f"unknown schema {data.get('schema')!r}, expected one of {HEALTH_SCHEMAS}")
+        return cls.model_validate(data)
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("timestamp must carry a UTC offset (ISO 8601 with 'Z' or '+00:00')")
+    return value.astimezone(UTC)

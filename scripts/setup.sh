@@ -3,12 +3,20 @@
 # Safe to run again; it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v mosquitto >/dev/null 2>&1; then
+# mosquitto: the IoT Core stand-in. GStreamer's RTSP server (run by the system python
+# through python3-gi): the camera stand-in of tests/test_cameras.py.
+APT_PACKAGES="mosquitto openssl python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good"
+gst_rtsp_ok() {
+  /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer" \
+    >/dev/null 2>&1
+}
+if ! command -v mosquitto >/dev/null 2>&1 || ! gst_rtsp_ok; then
   if [ "$(id -u)" -eq 0 ]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto openssl >/dev/null
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $APT_PACKAGES >/dev/null
   else
-    echo "mosquitto is missing: run 'sudo apt-get install mosquitto' (needed by the integration tests)" >&2
+    echo "missing system packages: run 'sudo apt-get install $APT_PACKAGES' (needed by the integration tests)" >&2
   fi
 fi
 # The review page is tested in a real browser: Debian's chromium and its chromedriver.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,40 @@ def aws(moto_server, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     return moto_server
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A real size-limited filesystem: ``small_disk(size)`` mounts a tmpfs of ``size``
+    ("3m") and returns its path; unmounted after the test. Needs root (CI and this machine
+    run as root); skipped elsewhere, where the injected-ENOSPC tests still cover the logic."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        if shutil.which("mount") is None or os.geteuid() != 0:
+            pytest.skip("mounting a size-limited tmpfs needs root")
+        mountpoint = tmp_path / f"small-disk-{len(mounted)}"
+        mountpoint.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mountpoint)],
+                              capture_output=True, text=True)  # fmt: skip
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(mountpoint)
+        return mountpoint
+
+    yield mount
+    for mountpoint in mounted:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def fill_disk(directory: Path, leave: int = 0) -> Path:
+    """Fill the filesystem of ``directory`` until at most ``leave`` bytes are free."""
+    filler = directory / "filler"
+    with open(filler, "ab") as handle:
+        while shutil.disk_usage(directory).free > leave:
+            try:
+                handle.write(b"\0" * max(4096, min(1 << 20, shutil.disk_usage(directory).free - leave)))
+                handle.flush()
+            except OSError:
+                break
+    return filler

@@ -26,6 +26,12 @@ class LinkConditions:
     cut_after_bytes: int | None = None  # or after this many body bytes
     honour_range: bool = True  # False: answer every request with the whole file (200)
     chunk: int = 4096
+    # A hostile server: after each file's body, this many more junk bytes, with no
+    # Content-Length (the body ends when the connection closes), as for an endless stream.
+    extra_body_bytes: int = 0
+    # When set, the conditions above apply only to paths ending with this ("vectors.npy");
+    # every other file is served plainly.
+    only_suffix: str | None = None
 
 
 @dataclass
@@ -85,9 +91,12 @@ class LinkServer:
                     self._plain(404, b"not found\n")
                     return
                 size = path.stat().st_size
+                conditions = server.conditions
+                if conditions.only_suffix and not relative.endswith(conditions.only_suffix):
+                    conditions = LinkConditions(honour_range=conditions.honour_range)
                 start, end, status = 0, size - 1, 200
                 requested = self.headers.get("Range")
-                if requested and server.conditions.honour_range:
+                if requested and conditions.honour_range:
                     match = RANGE.match(requested.strip())
                     if not match or int(match.group(1)) >= max(size, 1):
                         self.send_response(416)
@@ -100,16 +109,31 @@ class LinkServer:
                     status = 206
                     server.stats.add(range_requests=1)
                 self.send_response(status)
-                self.send_header("Content-Length", str(end - start + 1))
-                self.send_header("Accept-Ranges", "bytes" if server.conditions.honour_range else "none")
+                if conditions.extra_body_bytes:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                else:
+                    self.send_header("Content-Length", str(end - start + 1))
+                self.send_header("Accept-Ranges", "bytes" if conditions.honour_range else "none")
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
                 self.end_headers()
                 if send_body:
-                    self._send_body(path, start, end - start + 1)
+                    self._send_body(path, start, end - start + 1, conditions)
+                    if conditions.extra_body_bytes:
+                        self._send_junk(conditions.extra_body_bytes)
 
-            def _send_body(self, path: Path, start: int, length: int) -> None:
-                conditions = server.conditions
+            def _send_junk(self, count: int) -> None:
+                block = b"\x00" * 65536
+                while count > 0:
+                    try:
+                        self.wfile.write(block[:count])
+                    except (BrokenPipeError, ConnectionResetError):
+                        return
+                    server.stats.add(body_bytes=min(count, len(block)))
+                    count -= len(block)
+
+            def _send_body(self, path: Path, start: int, length: int, conditions: LinkConditions) -> None:
                 began, sent = time.monotonic(), 0
                 with open(path, "rb") as handle:
                     handle.seek(start)

@@ -208,3 +208,54 @@ class MotoServer:
     def sent_sms(self) -> list[dict]:
         data = requests.get(f"{self.url}/moto-api/data.json", timeout=10).json()
         return data.get("sns", {}).get("SMS", [])
+
+
+GST_PYTHON = "/usr/bin/python3"  # the system python, where Debian's python3-gi lives
+RTSP_SERVER = Path(__file__).resolve().parent / "rtsp_server.py"
+
+
+def rtsp_server_available() -> str | None:
+    """None when the GStreamer RTSP server can run here, else why not (for a skip message)."""
+    check = "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer"
+    if not Path(GST_PYTHON).exists():
+        return f"{GST_PYTHON} is missing"
+    done = subprocess.run([GST_PYTHON, "-c", check], capture_output=True, text=True)
+    if done.returncode != 0:
+        return "GStreamer's RTSP server is not installed (scripts/setup.sh: apt-get install gir1.2-gst-rtsp-server-1.0)"
+    return None
+
+
+class RtspServer:
+    """A real RTSP camera stand-in (tests/rtsp_server.py): serves JPEG frames in a loop at
+    ``url``, paced at ``fps``. ``stop()`` and ``start()`` keep the port: a camera that goes
+    away and comes back."""
+
+    def __init__(self, frames_glob: str, fps: int, workdir: Path) -> None:
+        self.frames_glob = frames_glob
+        self.fps = fps
+        self.port = free_port()
+        self.url = f"rtsp://127.0.0.1:{self.port}/cam"
+        self.log = workdir / f"rtsp-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        if self.process is not None:
+            return
+        self.process = subprocess.Popen(
+            [GST_PYTHON, str(RTSP_SERVER), str(self.port), self.frames_glob, str(self.fps)],
+            stdout=subprocess.PIPE,
+            stderr=open(self.log, "ab"),
+            text=True,
+        )
+        if self.process.stdout.readline().strip() != "ready":
+            self.stop()
+            raise RuntimeError(f"the RTSP server did not start: {self.log.read_text()[-2000:]}")
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.kill()  # a camera losing power: no goodbye to the client
+        self.process.wait()
+        self.process.stdout.close()
+        self.process = None

@@ -18,6 +18,8 @@ from tests.test_edge_fixtures import TEST_THRESHOLD
 from tests.test_publishers import Subscriber
 
 MPD = [sys.executable, "-m", "mpd_cli"]
+# The shared test bundle is unsigned (tests/test_edge_fixtures.py): say so explicitly.
+UNSIGNED = "--allow-unsigned"
 
 
 def mqtt_config(path: Path, broker, outbox: Path, **recognition) -> Path:
@@ -50,7 +52,9 @@ def test_events_and_health_reach_the_broker_over_mutual_tls(tmp_path, broker, bu
     health = Subscriber(broker, "mpd/test-thing/health", client_id="backend-health")
     try:
         config = mqtt_config(tmp_path / "edge.json", broker, tmp_path / "outbox.sqlite3")
-        result = run(["edge", "run", "--bundle", str(bundle), "--source", str(video), "--config", str(config)])
+        result = run(
+            ["edge", "run", "--bundle", str(bundle), UNSIGNED, "--source", str(video), "--config", str(config)]
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         summary = summary_of(result.stdout)
         assert summary["events"] == 2 and summary["outbox_depth"] == 0
@@ -81,7 +85,9 @@ def test_kill_9_mid_run_then_restart_loses_no_event(tmp_path, broker, bundle, me
     config = mqtt_config(tmp_path / "edge.json", broker, outbox)
     broker.stop()  # uplink down: confirmed events wait in the outbox
     process = subprocess.Popen(
-        MPD + ["edge", "run", "--bundle", str(bundle), "--source", str(video), "--config", str(config), "--realtime"],
+        MPD
+        + ["edge", "run", "--bundle", str(bundle), UNSIGNED, "--source", str(video)]
+        + ["--config", str(config), "--realtime"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -100,7 +106,7 @@ def test_kill_9_mid_run_then_restart_loses_no_event(tmp_path, broker, bundle, me
     subscriber = Subscriber(broker, "mpd/test-thing/match", client_id="backend-restart")
     try:
         result = run(
-            ["edge", "run", "--bundle", str(bundle), "--source", str(video), "--config", str(config)]
+            ["edge", "run", "--bundle", str(bundle), UNSIGNED, "--source", str(video), "--config", str(config)]
             + ["--max-frames", "1", "--drain-timeout", "30"]
         )
         assert result.returncode == 0, result.stderr[-3000:]
@@ -116,7 +122,7 @@ def test_sigterm_stops_cleanly_with_a_summary(tmp_path, bundle, member_video):
     video, _ = member_video
     process = subprocess.Popen(
         MPD
-        + ["edge", "run", "--bundle", str(bundle), "--source", str(video), "--realtime"]
+        + ["edge", "run", "--bundle", str(bundle), UNSIGNED, "--source", str(video), "--realtime"]
         + ["--outbox", str(tmp_path / "o.sqlite3"), "--publisher", "stdout"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -146,7 +152,7 @@ def test_bad_configuration_fails_fast_naming_key_and_value(tmp_path, bundle, con
     path = tmp_path / "edge.json"
     path.write_text(json.dumps(config))
     started = time.monotonic()
-    result = run(["edge", "run", "--bundle", str(bundle), "--source", "0", "--config", str(path)], timeout=60)
+    result = run(["edge", "run", "--bundle", str(bundle), UNSIGNED, "--source", "0", "--config", str(path)], timeout=60)
     assert result.returncode != 0
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
@@ -155,11 +161,11 @@ def test_bad_configuration_fails_fast_naming_key_and_value(tmp_path, bundle, con
 
 def test_bad_inputs_are_named(tmp_path, bundle):
     outbox = ["--outbox", str(tmp_path / "o.sqlite3")]
-    missing = run(["edge", "run", "--bundle", str(bundle), "--source", str(tmp_path / "nope.avi"), *outbox])
+    missing = run(["edge", "run", "--bundle", str(bundle), UNSIGNED, "--source", str(tmp_path / "nope.avi"), *outbox])
     assert missing.returncode != 0 and "nope.avi: no such file" in missing.stderr
     corrupt = tmp_path / "corrupt.avi"
     corrupt.write_bytes(os.urandom(50_000))
-    result = run(["edge", "run", "--bundle", str(bundle), "--source", str(corrupt), *outbox])
+    result = run(["edge", "run", "--bundle", str(bundle), UNSIGNED, "--source", str(corrupt), *outbox])
     assert result.returncode != 0 and "corrupt.avi: not a readable video" in result.stderr
     # A tampered bundle is refused before anything runs.
     tampered = tmp_path / "tampered"
@@ -167,7 +173,7 @@ def test_bad_inputs_are_named(tmp_path, bundle):
     for item in bundle.iterdir():
         (tampered / item.name).write_bytes(item.read_bytes())
     (tampered / "labels.json").write_text(json.dumps(["someone-else"] * 12))
-    result = run(["edge", "run", "--bundle", str(tampered), "--source", str(corrupt), *outbox])
+    result = run(["edge", "run", "--bundle", str(tampered), UNSIGNED, "--source", str(corrupt), *outbox])
     assert result.returncode != 0 and "gallery refused" in result.stderr and "labels.json" in result.stderr
     # An image folder with a broken file and a non-image: those are skipped and reported.
     folder = tmp_path / "frames"
@@ -178,8 +184,46 @@ def test_bad_inputs_are_named(tmp_path, bundle):
     import numpy as np
 
     cv2.imwrite(str(folder / "ok.png"), np.full((480, 640, 3), 120, np.uint8))
-    result = run(["edge", "run", "--bundle", str(bundle), "--source", str(folder), *outbox])
+    result = run(["edge", "run", "--bundle", str(bundle), UNSIGNED, "--source", str(folder), *outbox])
     assert result.returncode == 0, result.stderr[-2000:]
     summary = summary_of(result.stdout)
     assert summary["frames_processed"] == 1
     assert any("broken.jpg" in error for error in summary["errors"])
+
+
+def test_an_unsigned_bundle_is_refused_unless_allowed_explicitly(tmp_path, bundle, monkeypatch):
+    """Issue 13 row 13: an unsigned gallery used to run with only a warning."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    monkeypatch.delenv("MPD_GALLERY_PUBLIC_KEY", raising=False)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(folder / "empty.png"), np.full((480, 640, 3), 90, np.uint8))
+    args = ["edge", "run", "--bundle", str(bundle), "--source", str(folder), "--outbox", str(tmp_path / "o.sqlite3")]
+    no_key = run(args)
+    assert no_key.returncode != 0 and "gallery refused" in no_key.stderr and "no gallery public key" in no_key.stderr
+    assert "--allow-unsigned" in no_key.stderr and "Traceback" not in no_key.stderr
+
+    key = tmp_path / "gallery.pub"
+    pem = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    key.write_bytes(pem)
+    unsigned = run(args + ["--public-key", str(key)])
+    assert unsigned.returncode != 0 and "unsigned bundle (manifest.sig is missing)" in unsigned.stderr
+
+    allowed = run(args + [UNSIGNED])
+    assert allowed.returncode == 0, allowed.stderr[-2000:]
+    assert summary_of(allowed.stdout)["frames_processed"] == 1
+    assert "running an unchecked gallery" in allowed.stderr
+
+    # A signature that does not verify is refused whatever the flag says.
+    forged = tmp_path / "forged"
+    forged.mkdir()
+    for item in bundle.iterdir():
+        (forged / item.name).write_bytes(item.read_bytes())
+    (forged / "manifest.sig").write_bytes(b"AAAA" * 22 + b"\n")
+    refused = run(["edge", "run", "--bundle", str(forged), "--public-key", str(key), UNSIGNED] + args[4:])
+    assert refused.returncode != 0 and "bad signature" in refused.stderr

@@ -28,12 +28,13 @@ def strangers_video(tmp_path_factory, faces_dir):
     return cached_scene(tmp_path_factory, faces_dir, "strangers")
 
 
-def run_pipeline(tmp_path, bundle, video, recognition=None, gallery=None, during=None, overlap=False):
+def run_pipeline(tmp_path, bundle, video, recognition=None, gallery=None, during=None, overlap=False, motion=None):
     config = load_config(
         component_config={
             "device_id": "test-thing",
             "cameras": [{"id": "door", "source": str(video)}],
             "recognition": {"threshold": TEST_THRESHOLD, **(recognition or {})},
+            "motion": motion or {},
             "outbox": {"path": str(tmp_path / "outbox.sqlite3")},
             "publisher": "file",
             "file_path": str(tmp_path / "events.jsonl"),

@@ -115,7 +115,7 @@ class Messages:
 
 
 def is_health(version: str):
-    return lambda m: m.get("schema") == "mpd.health/1" and m["gallery_version"] == version
+    return lambda m: m.get("schema") == "mpd.health/2" and m["gallery_version"] == version
 
 
 def is_match(version: str):
@@ -231,7 +231,7 @@ def test_under_greengrass_the_run_reads_its_configuration_over_ipc_and_applies_a
 
     def deploy_once_the_door_camera_reported_and_sent_health() -> None:
         deadline = time.monotonic() + 180
-        while not {"mpd.match/1", "mpd.health/1"} <= {m.get("schema") for m in sent()}:
+        while not {"mpd.match/1", "mpd.health/2"} <= {m.get("schema") for m in sent()}:
             if time.monotonic() > deadline:
                 return
             time.sleep(0.1)
@@ -241,7 +241,8 @@ def test_under_greengrass_the_run_reads_its_configuration_over_ipc_and_applies_a
 
     thread = threading.Thread(target=deploy_once_the_door_camera_reported_and_sent_health, daemon=True)
     thread.start()
-    result = CliRunner().invoke(edge_group, ["run", "--bundle", str(bundle)])  # no --source: IPC names it
+    # no --source: IPC names it. The shared test bundle is unsigned.
+    result = CliRunner().invoke(edge_group, ["run", "--bundle", str(bundle), "--allow-unsigned"])
     thread.join(10)
 
     assert result.exit_code == 0, result.output[-3000:]
@@ -257,7 +258,7 @@ def test_under_greengrass_the_run_reads_its_configuration_over_ipc_and_applies_a
     assert "door" in cameras and "gate" in cameras, "the moved camera reported from the same run"
     first_gate = cameras.index("gate")
     assert set(cameras[:first_gate]) == {"door"} and set(cameras[first_gate:]) == {"gate"}
-    health = [m["cameras"] for m in messages if m.get("schema") == "mpd.health/1"]
+    health = [m["cameras"] for m in messages if m.get("schema") == "mpd.health/2"]
     assert ["door"] in health and ["gate"] in health
     assert ["a b"] not in health
     door_video_frames, gate_video_frames = 4 * 135, 135

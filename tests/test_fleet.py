@@ -31,7 +31,7 @@ def report(device="site-1", sent=NOW, cameras=None, outbox=0, version=VERSION, i
     return HealthReport(
         device_id=device, sent_at=sent, gallery_version=version, fps=sum(cameras.values()), outbox_depth=outbox,
         cameras=sorted(cameras), interval_s=interval,
-        camera_health={c: CameraHealth(fps=f, state="ok" if f > 0 else "no frames") for c, f in cameras.items()},
+        camera_health={c: CameraHealth(fps=f, state="up" if f > 0 else "reconnecting") for c, f in cameras.items()},
     )  # fmt: skip
 
 
@@ -48,7 +48,7 @@ def test_problems_name_what_is_wrong_and_nothing_else():
     assert problems(healthy, NOW + timedelta(seconds=30)) == []
     assert problems(healthy, NOW + timedelta(minutes=3, seconds=1)) == ["silent for 3m"]
     dead = apply_report(healthy, report(sent=NOW + timedelta(minutes=1), cameras={"gate": 0.0, "yard": 9.5}), NOW)
-    assert problems(dead, NOW) == ["camera gate no frames"]
+    assert problems(dead, NOW) == ["camera gate reconnecting"]
     state = healthy
     for minute, depth in enumerate([0, 2, 5, 9], 1):
         state = apply_report(state, report(sent=NOW + timedelta(minutes=minute), outbox=depth), NOW)
@@ -61,18 +61,24 @@ def test_problems_name_what_is_wrong_and_nothing_else():
     assert late is healthy, "a report older than the state changes nothing"
 
 
-def test_camera_health_is_the_rate_since_the_last_report_not_a_lifetime_average():
+def test_camera_health_is_the_current_rate_not_a_lifetime_average():
+    from edge_app.health import RecentRate
     from edge_app.pipeline.runner import EdgeRunner
 
-    capture = SimpleNamespace(frames_read=0, finished=SimpleNamespace(is_set=lambda: False))
-    runner = SimpleNamespace(captures={"gate": capture}, _lock=__import__("threading").Lock(), _camera_marks={},
-                             _started_mono=time.monotonic() - 10)  # fmt: skip
-    capture.frames_read = 150  # 15 fps for the first 10 s
+    clock = SimpleNamespace(now=1000.0)
+    taken = RecentRate(window_s=10.0, clock=lambda: clock.now)
+    capture = SimpleNamespace(camera_id="gate", taken=taken, dropped_recent=RecentRate(clock=lambda: clock.now),
+                              state=lambda: ("up", time.time(), None))  # fmt: skip
+    runner = SimpleNamespace(captures={"gate": capture}, _lock=__import__("threading").Lock())
+    for _ in range(150):  # 15 fps for 10 s
+        taken.add()
+        clock.now += 1 / 15
     first = EdgeRunner.camera_health(runner)["gate"]
-    assert first.state == "ok" and 13 < first.fps < 16
-    time.sleep(0.2)  # unplugged: no frame since
+    assert first.state == "up" and 13 < first.fps < 17
+    clock.now += 15  # unplugged: no frame since
+    capture.state = lambda: ("reconnecting", time.time(), "stopped delivering frames")
     second = EdgeRunner.camera_health(runner)["gate"]
-    assert (second.fps, second.state) == (0.0, "no frames")
+    assert (second.fps, second.state, second.error) == (0.0, "reconnecting", "stopped delivering frames")
 
 
 def publish(settings: dict, topic: str, payload: bytes) -> None:
@@ -116,7 +122,7 @@ def test_unplugged_camera_shows_as_a_problem_within_two_health_intervals(broker,
         engine.stop()
     assert status.exit_code == 1, status.output
     first, second = status.output.strip().splitlines()
-    assert first.startswith("site-1") and "PROBLEM camera gate no frames" in first and "gate=0fps" in first
+    assert first.startswith("site-1") and "PROBLEM camera gate reconnecting" in first and "gate=0fps" in first
     assert second.startswith("site-2") and second.endswith(" ok")
 
 
@@ -142,7 +148,7 @@ def test_health_lambda_on_moto_keeps_state_rejects_forgeries_and_the_check_count
         "Devices": 2, "DevicesWithProblems": 2, "DevicesSilent": 1, "CamerasDown": 1,
         "DevicesOutboxGrowing": 0, "StaleGalleries": 0,
     }  # fmt: skip
-    assert result["problems"] == {"site-1": ["silent for 10m"], "site-2": ["camera gate no frames"]}
+    assert result["problems"] == {"site-1": ["silent for 10m"], "site-2": ["camera gate reconnecting"]}
 
 
 def test_fleet_status_reports_the_published_gallery_age(tmp_path, monkeypatch):

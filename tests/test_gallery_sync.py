@@ -110,7 +110,10 @@ def test_offline_longer_than_the_delta_history_takes_the_full_bundle(publisher, 
         record, _ = publisher.release(gallery)
     fetched = []
     real_download = agent.source.download
-    agent.source.download = lambda relpath, dest, size: (fetched.append(relpath), real_download(relpath, dest, size))
+    agent.source.download = lambda relpath, dest, size, **kw: (
+        fetched.append(relpath),
+        real_download(relpath, dest, size, **kw),
+    )
 
     assert agent.sync_once().version == record.gallery_version
     assert fetched and all("/full/" in path for path in fetched)

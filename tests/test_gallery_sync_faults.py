@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import random
 import shutil
 import signal
@@ -15,7 +14,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
 from cryptography.hazmat.primitives import serialization
 
 from edge_app.gallery.install import GalleryDir
@@ -143,7 +141,7 @@ def test_disk_full_injected_at_the_write_layer(tmp_path, monkeypatch):
     second, _ = publisher.release(churn(synthetic_gallery(300, seed=1), 0.05))
     real_download = FolderSource.download
 
-    def disk_full(self, relpath, dest, size):
+    def disk_full(self, relpath, dest, size, **limits):
         with open(dest, "ab") as handle:
             handle.write(b"\0" * 100)
         raise OSError(errno.ENOSPC, "No space left on device", str(dest))
@@ -158,25 +156,12 @@ def test_disk_full_injected_at_the_write_layer(tmp_path, monkeypatch):
     assert agent.sync_once().version == second.gallery_version
 
 
-@pytest.fixture()
-def small_disk(tmp_path):
-    """A real 3 MB tmpfs (needs mount privileges; skipped otherwise)."""
-    mountpoint = tmp_path / "small-disk"
-    mountpoint.mkdir()
-    if shutil.which("mount") is None or os.geteuid() != 0:
-        pytest.skip("mounting a size-limited tmpfs needs root; the injected-ENOSPC test covers the logic")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mountpoint)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mountpoint
-    subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-
-
 def test_disk_full_on_a_real_small_filesystem(tmp_path, small_disk, monkeypatch):
+    disk = small_disk("3m")
     publisher = Publisher(tmp_path / "cloud")
     first, _ = publisher.release(synthetic_gallery(300, seed=1))  # ~0.3 MB
-    device = small_disk / "gallery"
-    agent = SyncAgent(str(publisher.root), device, publisher.public_key, attempts=2, max_wait=0.01)
+    device = disk / "gallery"
+    agent = SyncAgent(str(publisher.root), device, publisher.public_key, attempts=2, max_wait=0.01, keep_free_bytes=0)
     agent.sync_once()
     second, _ = publisher.release(synthetic_gallery(3500, seed=2))  # ~3.6 MB: cannot fit
 
@@ -191,7 +176,7 @@ def test_disk_full_on_a_real_small_filesystem(tmp_path, small_disk, monkeypatch)
     assert GalleryDir(device, publisher.public_key).load().manifest.gallery_version == first.gallery_version
     assert not any(agent.dir.downloads.iterdir())
 
-    subprocess.run(["mount", "-o", "remount,size=20m", str(small_disk)], check=True)
+    subprocess.run(["mount", "-o", "remount,size=20m", str(disk)], check=True)
     monkeypatch.undo()
     assert agent.sync_once().version == second.gallery_version
 

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,11 +50,13 @@ from edge_app.gallery.pointer import (
     LatestPointer,
     PointerError,
 )
-from edge_app.gallery.transports import RETRYABLE, IncompleteDownload, Source, SyncError, open_source
+from edge_app.gallery.transports import RETRYABLE, DiskFull, IncompleteDownload, Source, SyncError, open_source
 
 log = logging.getLogger(__name__)
 
 MAX_MANIFEST_BYTES = 1024 * 1024
+DEFAULT_KEEP_FREE = 64 * 1024 * 1024
+RETRY_SOON_S = 60.0  # after a sync cut by its deadline that made progress
 
 
 SYNC_NICE = 10  # the sync thread's niceness: the frame loop gets the CPU first
@@ -82,6 +85,7 @@ class SyncResult:
     status: Literal["up_to_date", "installed", "failed"]
     version: str | None  # the version current after this sync
     detail: str = ""
+    retry_soon: bool = False  # cut by the deadline after progress: resume before the next interval
 
 
 class SyncAgent:
@@ -99,8 +103,20 @@ class SyncAgent:
         interval: float = 3600.0,
         attempts: int = 8,
         max_wait: float = 30.0,
+        sync_deadline_s: float = 3600.0,
+        request_deadline_s: float = 60.0,
+        keep_free_bytes: int = DEFAULT_KEEP_FREE,
     ) -> None:
+        """``sync_deadline_s`` bounds one whole sync (every request and download in it: what
+        arrived is kept and the next sync resumes); ``request_deadline_s`` bounds each small
+        read (pointer, manifest). ``keep_free_bytes``: a download never leaves less free on
+        the gallery's disk (room for the outbox and the rest of the device)."""
         self.source = open_source(source) if isinstance(source, str) else source
+        self.sync_deadline_s = sync_deadline_s
+        self.request_deadline_s = request_deadline_s
+        self.keep_free_bytes = keep_free_bytes
+        self._deadline = 0.0  # of the sync in progress (monotonic)
+        self._progress = 0  # bytes downloaded in the sync in progress
         self.dir = GalleryDir(gallery_dir, public_key)
         self.public_key = public_key
         self.embedder = embedder or device_embedder()
@@ -142,7 +158,9 @@ class SyncAgent:
                 self.sync_once()
             except Exception:  # noqa: BLE001 - the agent thread must outlive any one bad sync
                 log.exception("gallery sync failed unexpectedly, staying on %s", self.version)
-            self._wake.wait(self.interval)
+            # A slow link cut by the deadline resumes soon rather than an interval later.
+            retry_soon = self.last_result is not None and self.last_result.retry_soon
+            self._wake.wait(min(self.interval, RETRY_SOON_S) if retry_soon else self.interval)
             self._wake.clear()
 
     def announce(self, payload: bytes | str) -> None:
@@ -163,26 +181,42 @@ class SyncAgent:
 
     def sync_once(self) -> SyncResult:
         with self._lock:
+            self._deadline = time.monotonic() + self.sync_deadline_s
+            self._progress = 0  # bytes downloaded in this sync
             try:
                 result = self._sync()
+            except DiskFull as error:
+                result = self._disk_full(error)
             except (SyncError, BundleError, requests.RequestException) as error:
                 result = SyncResult("failed", self.version, str(error))
+                result.retry_soon = self._progress > 0 and time.monotonic() > self._deadline
                 log.error("gallery sync failed, staying on %s: %s", self.version or "no gallery", error)
             except OSError as error:
-                result = SyncResult("failed", self.version, f"disk error: {error}")
                 if error.errno == errno.ENOSPC:
-                    # Partial files would keep the disk full for everything else (the outbox first).
-                    shutil.rmtree(self.dir.downloads, ignore_errors=True)
-                    self.dir.downloads.mkdir(exist_ok=True)
-                    result.detail = f"disk full, partial downloads removed: {error}"
-                log.error("gallery sync failed, staying on %s: %s", self.version or "no gallery", result.detail)
+                    result = self._disk_full(error)
+                else:
+                    result = SyncResult("failed", self.version, f"disk error: {error}")
+                    log.error("gallery sync failed, staying on %s: %s", self.version or "no gallery", result.detail)
             finally:
                 self._clear_staging()  # staged galleries are either installed (renamed away) or abandoned
             self.last_result = result
             return result
 
+    def _disk_full(self, error: Exception) -> SyncResult:
+        # Partial files would keep the disk full for everything else (the outbox first).
+        shutil.rmtree(self.dir.downloads, ignore_errors=True)
+        self.dir.downloads.mkdir(exist_ok=True)
+        self._clear_staging()
+        detail = f"disk full, partial downloads removed: {error}"
+        log.error("gallery sync failed, staying on %s: %s", self.version or "no gallery", detail)
+        return SyncResult("failed", self.version, detail)
+
+    def _read_small(self, relpath: str, limit: int) -> bytes:
+        deadline = min(self._deadline, time.monotonic() + self.request_deadline_s)
+        return self._retrying(self.source.read_small, relpath, limit, deadline)
+
     def _sync(self) -> SyncResult:
-        pointer = LatestPointer.parse(self._retrying(self.source.read_small, POINTER, MAX_POINTER_BYTES), POINTER)
+        pointer = LatestPointer.parse(self._read_small(POINTER, MAX_POINTER_BYTES), POINTER)
         target = check_version_name(pointer.gallery_version)
         if target == self.version:
             return SyncResult("up_to_date", self.version)
@@ -191,7 +225,11 @@ class SyncAgent:
         if delta is not None:
             try:
                 fetched = self._fetch_delta(pointer, delta)
+            except DiskFull:
+                raise  # the full bundle is bigger still
             except (SyncError, BundleError) as error:
+                if time.monotonic() > self._deadline:
+                    raise
                 log.warning("gallery: delta %s -> %s unusable, fetching the full bundle: %s",
                             self.version, target, error)  # fmt: skip
         if fetched is None:
@@ -238,6 +276,9 @@ class SyncAgent:
         base = self._current_data()
         staged = self.dir.new_staging(pointer.gallery_version)
         result = apply_delta(base, delta)
+        # The rebuilt gallery is written beside the installed ones: it must not eat the reserve either.
+        estimate = result.vectors.nbytes + 256 * (len(result.labels) + len(result.persons))
+        self._require_free(staged, estimate, f"gallery {pointer.gallery_version}")
         write_applied(staged, result, work)
         # The rebuilt files must be exactly those the cloud signed for the full bundle.
         rebuilt = read_manifest(staged, self.public_key, require_signature=True)
@@ -268,8 +309,8 @@ class SyncAgent:
         """Fetch one bundle into ``downloads/<work_name>``: manifest first, then the files."""
         work = self.dir.downloads / check_version_name(work_name)
         work.mkdir(parents=True, exist_ok=True)
-        manifest_bytes = self._retrying(self.source.read_small, relpath + MANIFEST, MAX_MANIFEST_BYTES)
-        signature = self._retrying(self.source.read_small, relpath + SIGNATURE, 4096)
+        manifest_bytes = self._read_small(relpath + MANIFEST, MAX_MANIFEST_BYTES)
+        signature = self._read_small(relpath + SIGNATURE, 4096)
         (work / MANIFEST).write_bytes(manifest_bytes)
         (work / SIGNATURE).write_bytes(signature)
         manifest = read_manifest(work, self.public_key, require_signature=True)
@@ -296,7 +337,7 @@ class SyncAgent:
         return work
 
     def _download_file(self, relpath: str, part: Path, size: int) -> None:
-        self.source.download(relpath, part, size)
+        self.source.download(relpath, part, size, deadline=self._deadline, keep_free=self.keep_free_bytes)
         have = part.stat().st_size if part.exists() else 0
         if have < size:
             raise IncompleteDownload(f"{relpath}: {have} of {size} bytes, connection ended")
@@ -323,14 +364,29 @@ class SyncAgent:
 
     def _check_space(self, work: Path, manifest: Manifest) -> None:
         needed = sum(entry.size for entry in manifest.files.values()) * 2  # download + staged copy
-        free = shutil.disk_usage(work).free
-        if free < needed:
-            raise SyncError(f"not enough disk for gallery {manifest.gallery_version}: need {needed} bytes, {free} free")
+        self._require_free(work, needed, f"gallery {manifest.gallery_version}")
+
+    def _require_free(self, path: Path, needed: int, what: str) -> None:
+        free = shutil.disk_usage(path).free
+        if free - needed < self.keep_free_bytes:
+            raise DiskFull(
+                f"not enough disk for {what}: need {needed} bytes and {self.keep_free_bytes} kept free "
+                f"for the device, {free} free"
+            )
+
+    def _past_deadline(self, state=None) -> bool:
+        return time.monotonic() > self._deadline
+
+    def _deadline_error(self, cause: BaseException | None) -> SyncError:
+        return SyncError(
+            f"sync deadline of {self.sync_deadline_s:.0f} s reached ({self._progress} bytes downloaded, kept for "
+            f"the next sync): {cause}"
+        )
 
     def _retrying(self, function, *args):
         retrying = Retrying(
             retry=retry_if_exception_type(RETRYABLE),
-            stop=stop_after_attempt(self.attempts),
+            stop=stop_after_attempt(self.attempts) | self._past_deadline,
             wait=wait_exponential(multiplier=0.2, max=self.max_wait),
             reraise=False,
         )
@@ -338,11 +394,13 @@ class SyncAgent:
             return retrying(function, *args)
         except RetryError as error:
             cause = error.last_attempt.exception()
+            if self._past_deadline():
+                raise self._deadline_error(cause) from None
             raise SyncError(f"gave up after {self.attempts} attempts: {cause}") from None
 
     def _resuming(self, relpath: str, part: Path, size: int) -> None:
         """Download with resume; on a poor link a big file needs many connections, so only
-        attempts that brought no new byte count toward giving up."""
+        attempts that brought no new byte count toward giving up. The sync's deadline ends it."""
         stalled = [0]
         have = [part.stat().st_size if part.exists() else 0]
 
@@ -351,12 +409,13 @@ class SyncAgent:
                 self._download_file(relpath, part, size)
             finally:
                 now = part.stat().st_size if part.exists() else 0
+                self._progress += max(0, now - have[0])
                 stalled[0] = 0 if now > have[0] else stalled[0] + 1
                 have[0] = now
 
         retrying = Retrying(
             retry=retry_if_exception_type(RETRYABLE),
-            stop=lambda state: stalled[0] >= self.attempts,
+            stop=lambda state: stalled[0] >= self.attempts or self._past_deadline(),
             wait=lambda state: min(self.max_wait, 0.2 * 2 ** max(0, stalled[0] - 1)),
             reraise=False,
         )
@@ -364,6 +423,8 @@ class SyncAgent:
             retrying(attempt)
         except RetryError as error:
             cause = error.last_attempt.exception()
+            if self._past_deadline():
+                raise self._deadline_error(cause) from None
             raise SyncError(f"gave up after {self.attempts} attempts without progress: {cause}") from None
 
     def _forget_downloads(self) -> None:

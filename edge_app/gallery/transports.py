@@ -2,15 +2,22 @@
 presigned GETs, so it takes the same ranged, resumable path as plain HTTP).
 
 A transport reads small files whole (the pointer, a manifest) and brings a large file
-to its signed size, continuing from what a partial file already holds. The agent
+to its signed size, continuing from what a partial file already holds. Whatever a server
+sends, nothing is read past the limit or written past the signed size; a full disk is
+``DiskFull``, not a broken connection; deadlines bound whole transfers. The agent
 (``sync_agent.py``) decides what to fetch and verifies it; transports only move bytes.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -26,23 +33,76 @@ class SyncError(RuntimeError):
 
 
 class IncompleteDownload(SyncError):
-    """The connection ended before the file was complete (resumable)."""
+    """The connection ended (or its deadline passed) before the file was complete (resumable)."""
+
+
+class DiskFull(SyncError):
+    """The disk is full, or a download would leave less free than the device keeps (not retried)."""
 
 
 RETRYABLE = (IncompleteDownload, requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+FREE_CHECK_EVERY = 1 << 20  # bytes written between free-space checks
 
 
 class Source:
-    """Where bundles come from. ``relpath`` is relative to the gallery root."""
+    """Where bundles come from. ``relpath`` is relative to the gallery root.
+
+    ``deadline`` is a ``time.monotonic()`` instant: a transfer still running then stops
+    (within one read timeout) with ``IncompleteDownload``, keeping what arrived. A read
+    timeout alone does not bound a transfer: a server trickling one byte per timeout keeps
+    every read alive."""
 
     name: str
 
-    def read_small(self, relpath: str, limit: int) -> bytes:
+    def read_small(self, relpath: str, limit: int, deadline: float | None = None) -> bytes:
+        """The whole file, refused (SyncError) when larger than ``limit`` bytes: never read past it."""
         raise NotImplementedError
 
-    def download(self, relpath: str, dest: Path, size: int) -> None:
-        """Bring ``dest`` to ``size`` bytes, continuing from what it already holds."""
+    def download(
+        self, relpath: str, dest: Path, size: int, *, deadline: float | None = None, keep_free: int = 0
+    ) -> None:
+        """Bring ``dest`` to ``size`` bytes, continuing from what it already holds. Never writes
+        past ``size`` (the signed size), whatever the server sends; raises DiskFull on ENOSPC or
+        when the disk's free space would drop below ``keep_free``."""
         raise NotImplementedError
+
+
+def _copy(read: Callable[[int], bytes], out: BinaryIO, dest: Path, remaining: int, deadline, keep_free: int) -> int:
+    """Append at most ``remaining`` bytes from ``read`` to ``out``; returns how many were written."""
+    written = checked = 0
+    while written < remaining:
+        if deadline is not None and time.monotonic() > deadline:
+            raise IncompleteDownload(f"{dest.name}: download deadline reached ({written} bytes this time, kept)")
+        block = read(min(CHUNK, remaining - written))
+        if not block:
+            break
+        block = block[: remaining - written]
+        try:
+            out.write(block)
+        except OSError as error:
+            raise _disk_error(error, dest) from None
+        written += len(block)
+        if keep_free and written - checked >= FREE_CHECK_EVERY:
+            checked = written
+            free = shutil.disk_usage(dest.parent).free
+            if free < keep_free:
+                raise DiskFull(f"{dest.name}: {free} bytes free, below the {keep_free} kept free for the device")
+    return written
+
+
+def _sync(out: BinaryIO, dest: Path) -> None:
+    """Flush what arrived to disk (kept for resume even when the link drops mid-body)."""
+    try:
+        out.flush()
+        os.fsync(out.fileno())
+    except OSError as error:
+        raise _disk_error(error, dest) from None
+
+
+def _disk_error(error: OSError, dest: Path) -> Exception:
+    if error.errno == errno.ENOSPC:
+        return DiskFull(f"disk full writing {dest}: {error.strerror}")
+    return error
 
 
 class FolderSource(Source):
@@ -53,32 +113,37 @@ class FolderSource(Source):
     def _path(self, relpath: str) -> Path:
         return self.root / relpath
 
-    def read_small(self, relpath: str, limit: int) -> bytes:
+    def read_small(self, relpath: str, limit: int, deadline: float | None = None) -> bytes:
         path = self._path(relpath)
         try:
-            if path.stat().st_size > limit:
-                raise SyncError(f"{path} is larger than {limit} bytes")
-            return path.read_bytes()
+            with open(path, "rb") as handle:
+                data = handle.read(limit + 1)
         except FileNotFoundError:
             raise SyncError(f"{path} does not exist") from None
         except OSError as error:
             raise SyncError(f"cannot read {path}: {error.strerror or error}") from None
+        if len(data) > limit:
+            raise SyncError(f"{path} is larger than {limit} bytes")
+        return data
 
-    def download(self, relpath: str, dest: Path, size: int) -> None:
+    def download(
+        self, relpath: str, dest: Path, size: int, *, deadline: float | None = None, keep_free: int = 0
+    ) -> None:
         have = dest.stat().st_size if dest.exists() else 0
         try:
             with open(self._path(relpath), "rb") as source, open(dest, "ab") as out:
                 source.seek(have)
-                while block := source.read(CHUNK):
-                    out.write(block)
-                out.flush()
-                os.fsync(out.fileno())
+                try:
+                    _copy(source.read, out, dest, size - have, deadline, keep_free)
+                finally:
+                    _sync(out, dest)
         except FileNotFoundError:
             raise SyncError(f"{self._path(relpath)} does not exist") from None
 
 
 class HttpSource(Source):
     def __init__(self, base_url: str, timeout: tuple[float, float] = (10.0, 30.0)) -> None:
+        """``timeout``: (connect, per read) seconds; whole transfers are bounded by deadlines."""
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.name = self.base_url
         self.timeout = timeout
@@ -87,34 +152,51 @@ class HttpSource(Source):
     def url(self, relpath: str) -> str:
         return self.base_url + relpath
 
-    def read_small(self, relpath: str, limit: int) -> bytes:
+    def read_small(self, relpath: str, limit: int, deadline: float | None = None) -> bytes:
         url = self.url(relpath)
         try:
             with self.session.get(url, timeout=self.timeout, stream=True) as response:
                 if response.status_code != 200:
                     raise SyncError(f"GET {_public(url)}: HTTP {response.status_code}")
-                data = response.raw.read(limit + 1, decode_content=True)
+                length = response.headers.get("Content-Length", "")
+                if length.isdigit() and int(length) > limit:
+                    raise SyncError(f"{_public(url)} is {length} bytes, more than {limit}: not read")
+                data = bytearray()
+                while len(data) <= limit:
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise IncompleteDownload(f"GET {_public(url)}: deadline reached after {len(data)} bytes")
+                    block = response.raw.read1(min(CHUNK, limit + 1 - len(data)), decode_content=True)
+                    if not block:
+                        break
+                    data += block
         except RETRYABLE as error:
             raise IncompleteDownload(f"GET {_public(url)}: {error}") from None
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            raise IncompleteDownload(f"GET {_public(url)}: connection broken: {error}") from None
         except requests.RequestException as error:
             raise SyncError(f"GET {_public(url)}: {error}") from None
         if len(data) > limit:
             raise SyncError(f"{_public(url)} is larger than {limit} bytes")
-        return data
+        return bytes(data)
 
-    def download(self, relpath: str, dest: Path, size: int) -> None:
+    def download(
+        self, relpath: str, dest: Path, size: int, *, deadline: float | None = None, keep_free: int = 0
+    ) -> None:
         url = self.url(relpath)
         have = dest.stat().st_size if dest.exists() else 0
         # identity: byte ranges must address the file itself, not a compressed stream of it.
         headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={have}-"} if have else {})}
         with self.session.get(url, headers=headers, timeout=self.timeout, stream=True) as response:
             if response.status_code == 206:
-                first = response.headers.get("Content-Range", "").removeprefix("bytes ").split("-")[0]
+                first, _, total = response.headers.get("Content-Range", "").removeprefix("bytes ").partition("/")
+                first = first.split("-")[0]
                 if first != str(have):
                     raise SyncError(f"GET {_public(url)}: asked from byte {have}, server sent {first or '?'}")
-                mode = "ab"
+                if total.isdigit() and int(total) != size:
+                    raise SyncError(f"GET {_public(url)}: server has {total} bytes, the signed manifest says {size}")
+                mode, remaining = "ab", size - have
             elif response.status_code == 200:
-                mode = "wb"  # the server ignored Range: start again from the top
+                mode, remaining = "wb", size  # the server ignored Range: start again from the top
                 if have:
                     log.info("gallery: %s ignores Range, downloading %s from the start", self.name, relpath)
             elif response.status_code == 416:
@@ -125,18 +207,26 @@ class HttpSource(Source):
                 )
             else:
                 raise SyncError(f"GET {_public(url)}: HTTP {response.status_code}")
-            with open(dest, mode) as out:
+            length = response.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) > remaining:
+                raise SyncError(
+                    f"GET {_public(url)}: server offers {length} bytes, {remaining} expected (signed size {size}); "
+                    "not read"
+                )
+
+            def read(amount: int) -> bytes:
+                # read1 returns what has arrived: a cut connection loses nothing already
+                # received (iter_content would drop a partly filled chunk).
                 try:
-                    # read1 returns what has arrived: a cut connection loses nothing already
-                    # received (iter_content would drop a partly filled chunk).
-                    while block := response.raw.read1(CHUNK):
-                        out.write(block)
+                    return response.raw.read1(amount)
                 except (urllib3.exceptions.HTTPError, OSError) as error:
                     raise IncompleteDownload(f"GET {_public(url)}: connection broken: {error}") from None
+
+            with open(dest, mode) as out:
+                try:
+                    _copy(read, out, dest, remaining, deadline, keep_free)
                 finally:
-                    # Keep what arrived, even when the link drops mid-body.
-                    out.flush()
-                    os.fsync(out.fileno())
+                    _sync(out, dest)  # keep what arrived, even when the link drops mid-body
 
 
 class S3Source(HttpSource):

@@ -6,26 +6,52 @@ through a one-slot buffer: when processing falls behind, older frames are droppe
 counted, so memory never grows and the pipeline always works on "now". A recorded
 file read without ``realtime`` is the exception: it is read losslessly (the reader
 waits for the pipeline), which makes test and benchmark runs reproducible.
+
+Live cameras come and go (a slow-booting IP camera, a cut cable, a rebooting switch). A
+camera that cannot be opened at start, or stops delivering, is retried in its own thread
+with exponential backoff (``reconnect_initial_s`` doubling to ``reconnect_max_s``) while
+the other cameras run; its state (``up``, ``reconnecting``, ``down`` after
+``down_after_s``) goes into health. Opening and reading a stream have timeouts, so a
+silent camera cannot hang its thread.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
 from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wait_exponential
 
+from edge_app.health import RecentRate
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "http://", "https://")
-# A live stream that stops delivering is reopened, waiting this long between tries.
-REOPEN_DELAY_S = (1.0, 30.0)
+# RTSP over TCP: interleaved RTP survives NAT, firewalls and packet loss that break UDP
+# (a lost UDP packet is a torn frame). One second of stream analysis instead of five
+# makes a reconnection quick. An operator may still choose with the variable.
+os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp|analyzeduration;1000000")
+STREAM_OPEN_TIMEOUT_MS = 5000
+STREAM_READ_TIMEOUT_MS = 5000
+
+CameraState = Literal["up", "reconnecting", "down"]
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    """How a live camera that is not delivering is retried."""
+
+    initial_s: float = 1.0
+    max_s: float = 10.0
+    down_after_s: float = 60.0
 
 
 class SourceError(RuntimeError):
@@ -52,11 +78,13 @@ class FrameSource:
     """Opens SRC and yields BGR frames. ``live`` sources are paced by the world, not by us."""
 
     def __init__(self, spec: str) -> None:
+        """Files and folders are opened (and checked) now; a live source only by ``open()``."""
         self.spec = str(spec)
         self.fps: float | None = None
         self._capture: cv2.VideoCapture | None = None
         self._images: list[Path] = []
         self._position = 0
+        self._pushed_back: np.ndarray | None = None
         self.skipped: list[str] = []  # unreadable images in a folder, with the reason
         path = Path(self.spec)
         if self.spec.isdigit():
@@ -73,11 +101,23 @@ class FrameSource:
             self.kind, self.live = "file", False
         else:
             raise SourceError(f"source {self.spec}: no such file or folder, and not a camera index or stream URL")
-        self._open()
+        if not self.live:
+            self.open()
 
-    def _open(self) -> None:
-        target = int(self.spec) if self.kind == "camera" else self.spec
-        capture = cv2.VideoCapture(target)
+    @property
+    def is_open(self) -> bool:
+        return self.kind == "folder" or self._capture is not None
+
+    def open(self) -> None:
+        """Open the source; raises SourceError when it cannot be opened."""
+        if self.kind == "camera":
+            capture = cv2.VideoCapture(int(self.spec))
+        elif self.kind == "stream":
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_OPEN_TIMEOUT_MS]
+            params += [cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_READ_TIMEOUT_MS]
+            capture = cv2.VideoCapture(self.spec, cv2.CAP_FFMPEG, params)
+        else:
+            capture = cv2.VideoCapture(self.spec)
         if not capture.isOpened():
             capture.release()
             what = {"file": "not a readable video", "camera": "no such camera", "stream": "stream unreachable"}
@@ -88,6 +128,9 @@ class FrameSource:
 
     def read(self) -> np.ndarray | None:
         """The next frame, or None at the end (or when a live source stops delivering)."""
+        if self._pushed_back is not None:
+            image, self._pushed_back = self._pushed_back, None
+            return image
         if self.kind == "folder":
             from models.images import ImageError, load_image
 
@@ -100,12 +143,14 @@ class FrameSource:
                     self.skipped.append(f"{path.name}: {error}")
                     log.warning("skipping %s: %s", path, error)
             return None
+        if self._capture is None:
+            return None
         ok, image = self._capture.read()
         return image if ok and image is not None and image.size else None
 
-    def reopen(self) -> None:
-        self.close()
-        self._open()
+    def push_back(self, image: np.ndarray) -> None:
+        """Make ``image`` the next frame ``read`` returns (a frame read to prove the source works)."""
+        self._pushed_back = image
 
     def close(self) -> None:
         if self._capture is not None:
@@ -117,7 +162,12 @@ class Capture(threading.Thread):
     """Reads one source into a one-slot "newest frame wins" buffer."""
 
     def __init__(
-        self, camera_id: str, source: FrameSource, realtime: bool = False, max_frames: int | None = None
+        self,
+        camera_id: str,
+        source: FrameSource,
+        realtime: bool = False,
+        max_frames: int | None = None,
+        reconnect: Reconnect | None = None,
     ) -> None:
         super().__init__(name=f"capture-{camera_id}", daemon=True)
         self.camera_id = camera_id
@@ -126,13 +176,21 @@ class Capture(threading.Thread):
         self.lossless = not source.live and not realtime
         self.realtime = realtime and not source.live
         self.max_frames = max_frames
+        self.reconnect = reconnect or Reconnect()
         self.frames_read = 0
         self.dropped = 0
-        self.error: str | None = None
+        self.connects = 0  # times a live source was opened and delivered (1 + reconnections)
+        self.error: str | None = None  # what ended this capture (a crash), for the summary
+        self.taken = RecentRate()  # frames handed to the pipeline: the camera's current fps
+        self.dropped_recent = RecentRate()
         self.finished = threading.Event()
         self._stop_event = threading.Event()
         self._slot: Frame | None = None
         self._cond = threading.Condition()
+        # Files are up from the start; a live source once it delivers its first frame.
+        self._state: CameraState = "up" if not source.live else "reconnecting"
+        self._state_since = time.time()
+        self._state_error: str | None = None if not source.live else "not opened yet"
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -146,24 +204,47 @@ class Capture(threading.Thread):
                 self._cond.wait(timeout)
             frame, self._slot = self._slot, None
             self._cond.notify_all()
-            return frame
+        if frame is not None:
+            self.taken.add()
+        return frame
 
     @property
     def exhausted(self) -> bool:
         """The source ended and its last frame was taken."""
         return self.finished.is_set() and self._slot is None
 
+    def state(self, now: float | None = None) -> tuple[CameraState, float, str | None]:
+        """(state, since as a UNIX time, why it is not up). ``down``: not up for ``down_after_s``."""
+        state, since, error = self._state, self._state_since, self._state_error
+        now = time.time() if now is None else now
+        if state == "reconnecting" and now - since >= self.reconnect.down_after_s:
+            return "down", since + self.reconnect.down_after_s, error
+        return state, since, error
+
+    def _set_state(self, state: CameraState, error: str | None = None) -> None:
+        if state != self._state:
+            self._state, self._state_since = state, time.time()
+            log.log(logging.INFO if state == "up" else logging.WARNING,
+                    "camera %s: %s%s", self.camera_id, state, f" ({error})" if error else "")  # fmt: skip
+        self._state_error = error
+
     def run(self) -> None:
         fps = self.source.fps or 15.0
         started = time.monotonic()
         try:
+            if self.source.live and not self._connect():
+                return
+            fps = self.source.fps or fps
             while not self._stop_event.is_set():
                 if self.max_frames is not None and self.frames_read >= self.max_frames:
                     break
                 image = self.source.read()
                 if image is None:
-                    if self.source.live and self._reopen():
-                        continue
+                    if self.source.live:
+                        self._set_state("reconnecting", "stopped delivering frames")
+                        self.source.close()
+                        if self._connect():
+                            continue
                     break
                 index = self.frames_read
                 self.frames_read += 1
@@ -185,6 +266,7 @@ class Capture(threading.Thread):
                             self._cond.wait(0.5)
                     elif self._slot is not None:
                         self.dropped += 1
+                        self.dropped_recent.add()
                     self._slot = frame
                     self._cond.notify_all()
         except Exception as error:  # a decoder crash must end this camera, not the device
@@ -196,19 +278,39 @@ class Capture(threading.Thread):
             with self._cond:
                 self._cond.notify_all()
 
-    def _reopen(self) -> bool:
-        """Reopen a live source that stopped delivering, backing off; False when stopping."""
-        log.warning("camera %s: no frames from %s; reopening", self.camera_id, self.source.spec)
+    def _connect(self) -> bool:
+        """Open a live source and wait for its first frame, retrying with backoff until it
+        delivers (True) or the capture is stopped (False). The first frame is kept."""
+
+        def attempt() -> None:
+            if not self.source.is_open:
+                self.source.open()
+            first = self.source.read()
+            if first is None:
+                self.source.close()
+                raise SourceError(f"source {self.source.spec}: opened but delivered no frame")
+            self._first = first
+
+        def note_failure(state) -> None:
+            self._set_state("reconnecting", str(state.outcome.exception())[:300])
+            log.debug("camera %s: retry in %.1f s", self.camera_id, state.upcoming_sleep)
+
         retrying = Retrying(
             retry=retry_if_exception_type(SourceError),
-            wait=wait_exponential(multiplier=REOPEN_DELAY_S[0], max=REOPEN_DELAY_S[1]),
+            wait=wait_exponential(multiplier=self.reconnect.initial_s, max=self.reconnect.max_s),
             stop=stop_when_event_set(self._stop_event),
             sleep=self._stop_event.wait,
-            before_sleep=lambda state: log.warning("camera %s: %s", self.camera_id, state.outcome.exception()),
+            before_sleep=note_failure,
             reraise=True,
         )
+        self._first = None
         try:
-            retrying(self.source.reopen)
+            retrying(attempt)
         except SourceError:
             return False
-        return not self._stop_event.is_set()
+        if self._stop_event.is_set():
+            return False
+        self.connects += 1
+        self._set_state("up")
+        self.source.push_back(self._first)
+        return True

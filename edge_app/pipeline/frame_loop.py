@@ -23,6 +23,7 @@ from edge_app.match_event import match_topic
 from edge_app.outbox import Outbox
 from edge_app.pipeline.capture import Frame
 from edge_app.pipeline.events import build_event, face_crop
+from edge_app.pipeline.motion import MotionGate
 from edge_app.pipeline.tracking import Confirmation, Tracker, vote_from_matches
 from models.faces import Face
 from models.quality import assess
@@ -30,10 +31,13 @@ from models.thresholds import threshold_for_gallery
 
 log = logging.getLogger(__name__)
 
+DETECT = object()  # process(): no detection result given, detect first
+
 
 @dataclass
 class Counters:
     frames: int = 0
+    skipped_no_motion: int = 0  # frames not searched for faces: nothing moved (counted in frames)
     faces: int = 0  # detections summed over frames
     embedded: int = 0
     rejected: int = 0  # faces the quality gate refused (when they needed an embedding)
@@ -60,7 +64,13 @@ class EventRecord:
 
 class FrameProcessor:
     def __init__(
-        self, models, live_gallery: LiveGallery, outbox: Outbox, device_id: str, settings: RecognitionConfig
+        self,
+        models,
+        live_gallery: LiveGallery,
+        outbox: Outbox,
+        device_id: str,
+        settings: RecognitionConfig,
+        motion: MotionGate | None = None,
     ) -> None:
         self.models = models
         self.live_gallery = live_gallery
@@ -68,6 +78,7 @@ class FrameProcessor:
         self.device_id = device_id
         self.topic = match_topic(device_id)
         self.settings = settings  # replaced whole by a live update; read once per frame
+        self.motion = motion  # None: detect on every frame
         self.trackers: dict[str, Tracker] = {}
         self.counters = Counters()
         self.events: list[EventRecord] = []
@@ -97,21 +108,32 @@ class FrameProcessor:
     def active_tracks(self) -> int:
         return sum(len(t.tracks) for t in self.trackers.values())
 
-    def detect(self, frame: Frame) -> list[Face]:
+    def detect(self, frame: Frame) -> list[Face] | None:
+        """The faces in the frame, or None when the motion gate skips it (nothing moved)."""
+        if self.motion is not None:
+            tracker = self.trackers.get(frame.camera_id)
+            if not self.motion.worth_detecting(
+                frame.camera_id, frame.image, frame.clock, bool(tracker and tracker.tracks)
+            ):
+                self.counters.skipped_no_motion += 1
+                return None
         started = time.perf_counter()
         faces = self.models.detect(frame.image)
         self.counters.detect_s += time.perf_counter() - started
         return faces
 
-    def process(self, frame: Frame, faces: list[Face] | None = None) -> list[EventRecord]:
-        """Everything after detection (detects first unless ``faces`` are given)."""
+    def process(self, frame: Frame, faces: list[Face] | None | object = DETECT) -> list[EventRecord]:
+        """Everything after detection (detects first unless ``faces`` are given; None: gated out)."""
         settings = self.settings
-        gallery = self.live_gallery.current()  # one gallery for the whole frame, even during a swap
-        threshold = self.threshold(settings, gallery)
         counters = self.counters
         counters.frames += 1
-        if faces is None:
+        if faces is DETECT:
             faces = self.detect(frame)
+        if faces is None:  # nothing moved: nothing new to look at
+            self.last_faces = 0
+            return []
+        gallery = self.live_gallery.current()  # one gallery for the whole frame, even during a swap
+        threshold = self.threshold(settings, gallery)
         counters.faces += len(faces)
         self.last_faces = len(faces)
 

@@ -15,15 +15,17 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from edge_app.config import CameraConfig, EdgeConfig, apply_update
 from edge_app.gallery.live import LiveGallery
-from edge_app.health import HealthReporter
-from edge_app.match_event import CameraHealth, HealthReport
+from edge_app.health import RATE_WINDOW_S, HealthReporter
+from edge_app.match_event import CameraHealth, HealthReport, StorageHealth
 from edge_app.outbox import Outbox, OutboxSender
-from edge_app.pipeline.capture import Capture, Frame, FrameSource
+from edge_app.pipeline.capture import Capture, Frame, FrameSource, Reconnect
 from edge_app.pipeline.frame_loop import FrameProcessor
+from edge_app.pipeline.motion import MotionGate, MotionSettings
 from edge_app.publishers import Publisher
 
 log = logging.getLogger(__name__)
@@ -63,8 +65,20 @@ class EdgeRunner:
         self.max_frames = max_frames
         self.status = status
         self.status_interval_s = status_interval_s if (status is not None and status.isatty()) else 10.0
-        self.outbox = Outbox(config.outbox.path, config.outbox.max_events)
-        self.processor = FrameProcessor(models, live_gallery, self.outbox, config.device_id, config.recognition)
+        self.outbox = Outbox(
+            config.outbox.path,
+            config.outbox.max_events,
+            reserve_bytes=int(config.outbox.reserve_mb * 1024 * 1024),
+            max_in_memory=config.outbox.max_in_memory,
+        )
+        self.processor = FrameProcessor(
+            models,
+            live_gallery,
+            self.outbox,
+            config.device_id,
+            config.recognition,
+            motion=MotionGate(motion_settings(config.motion)),
+        )
         self.captures: dict[str, Capture] = {}
         self.finished_captures: list[Capture] = []
         self.sender: OutboxSender | None = None
@@ -77,7 +91,6 @@ class EdgeRunner:
         self._lock = threading.Lock()  # guards self.captures against a concurrent apply_update
         self._started_mono: float | None = None
         self._elapsed_s = 0.0
-        self._camera_marks: dict[str, tuple[float, int]] = {}  # camera -> (time, frames read) at the last report
         self.interrupted = False
 
     # --- control (any thread) ---------------------------------------------------------
@@ -92,6 +105,7 @@ class EdgeRunner:
         current configuration when the update is invalid."""
         new = apply_update(self.config, update)
         self.processor.settings = new.recognition  # one reference: the next frame sees all of it
+        self.processor.motion.settings = motion_settings(new.motion)
         if new.cameras != self.config.cameras:
             self._set_cameras(new.cameras)
         self.config = new
@@ -101,7 +115,8 @@ class EdgeRunner:
     # --- running -------------------------------------------------------------------------
 
     def open_cameras(self, cameras: list[CameraConfig] | None = None) -> None:
-        """Open every source now so a bad one fails before anything runs (SourceError)."""
+        """Check every source now so a bad file or folder fails before anything runs (SourceError).
+        Live cameras are opened by their capture threads, which retry until they deliver."""
         self._set_cameras(cameras if cameras is not None else self.config.cameras, start=False)
 
     def run(self) -> dict:
@@ -234,29 +249,35 @@ class EdgeRunner:
         return self.processor.counters.frames / elapsed if elapsed > 0 else 0.0
 
     def camera_health(self) -> dict[str, CameraHealth]:
-        """Each camera's frames per second since the previous report (a dead camera reads 0 at once)."""
-        now = time.monotonic()
+        """Each running camera: state since when, current fps and drops over the recent window
+        (a camera unplugged a few seconds ago reads 0, not its lifetime average)."""
         with self._lock:
-            captures = dict(self.captures)
-        health = {}
-        for camera_id, capture in captures.items():
-            since, read_then = self._camera_marks.get(camera_id, (self._started_mono or now, 0))
-            delta = capture.frames_read - read_then
-            fps = delta / (now - since) if now > since else 0.0
-            state = "stopped" if capture.finished.is_set() else "ok" if delta > 0 else "no frames"
-            health[camera_id] = CameraHealth(fps=round(min(fps, 1000.0), 2), state=state)
-            self._camera_marks[camera_id] = (now, capture.frames_read)
-        return health
+            captures = sorted(self.captures.values(), key=lambda capture: capture.camera_id)
+        report = {}
+        for capture in captures:
+            state, since, error = capture.state()
+            report[capture.camera_id] = CameraHealth(
+                state=state,
+                since=datetime.fromtimestamp(since, UTC),
+                fps=round(min(capture.taken.rate(), 1000.0), 2),
+                dropped=capture.dropped_recent.count(),
+                skipped_no_motion=self.processor.motion.skipped_recently(capture.camera_id),
+                error=None if state == "up" else error,
+            )
+        return report
 
     def health_report(self) -> HealthReport:
         c = self.processor.counters
+        cameras = self.camera_health()
         return HealthReport(
             device_id=self.config.device_id,
             gallery_version=self.live_gallery.version,
-            fps=round(self.fps(), 2),
+            fps=round(sum(camera.fps for camera in cameras.values()), 2),
+            fps_window_s=RATE_WINDOW_S,
             outbox_depth=self.outbox.depth(),
-            cameras=sorted(self.captures),
-            camera_health=self.camera_health(),
+            cameras=sorted(cameras),
+            camera_health=cameras,
+            storage=StorageHealth(**vars(self.outbox.storage())),
             interval_s=float(self.config.health_interval_s),
             detail={"frames": c.frames, "events": c.events, "dropped": self._all_captures_sum("dropped")},
         )
@@ -277,6 +298,7 @@ class EdgeRunner:
             "frames_read": read,
             "frames_processed": c.frames,
             "frames_dropped": self._all_captures_sum("dropped"),
+            "frames_skipped_no_motion": c.skipped_no_motion,
             "elapsed_s": round(self._elapsed_s, 3),
             "fps": round(self.fps(), 2),
             "faces": c.faces,
@@ -288,6 +310,17 @@ class EdgeRunner:
             "events": c.events,
             "event_ids": [r.event_id for r in self.processor.events],
             "persons": sorted({r.person_id for r in self.processor.events}),
+            # Per event, where in its camera's stream it was confirmed (for benchmarks; no face data).
+            "confirmed_at": [
+                {
+                    "camera_id": r.camera_id,
+                    "person_id": r.person_id,
+                    "first_frame": r.first_frame,
+                    "confirm_frame": r.confirm_frame,
+                    "latency_s": round(r.latency_s, 3),
+                }
+                for r in self.processor.events
+            ],  # fmt: skip
             "latency_s": {
                 "median": _round(statistics.median(c.latencies_s)) if c.latencies_s else None,
                 "p95": _round(_percentile(c.latencies_s, 0.95)),
@@ -299,6 +332,16 @@ class EdgeRunner:
             },
             "model_s": {"detect": round(c.detect_s, 3), "embed": round(c.embed_s, 3), "total": round(model_s, 3)},
             "outbox_depth": self.outbox.depth(),
+            "storage": vars(self.outbox.storage()),
+            "cameras": {
+                cap.camera_id: {
+                    "frames_read": cap.frames_read,
+                    "dropped": cap.dropped,
+                    "state": cap.state()[0],
+                    "reconnects": max(0, cap.connects - 1),
+                }
+                for cap in self._all_captures()
+            },
             "gallery_version": self.live_gallery.version,
             "errors": [f"{cap.camera_id}: {cap.error}" for cap in self._all_captures() if cap.error]
             + [f"{cap.camera_id}: skipped {s}" for cap in self._all_captures() for s in cap.source.skipped],
@@ -306,8 +349,12 @@ class EdgeRunner:
 
     def _print_status(self, final: bool = False) -> None:
         c = self.processor.counters
+        with self._lock:
+            captures = list(self.captures.values())
+        up = sum(1 for capture in captures if capture.state()[0] == "up")
         line = (
-            f"fps {self.fps():5.1f} | faces {self.processor.last_faces} | tracks {self.processor.active_tracks()} "
+            f"fps {self.fps():5.1f} | cameras up {up}/{len(captures)} | faces {self.processor.last_faces} "
+            f"| tracks {self.processor.active_tracks()} "
             f"| confirmed {c.events} | outbox {self.outbox.depth()} | gallery {self.live_gallery.version}"
         )
         if self.status.isatty():
@@ -327,7 +374,11 @@ class EdgeRunner:
             running = current.get(camera.id)
             if running is None or running.source.spec != camera.source:
                 opened[camera.id] = Capture(
-                    camera.id, FrameSource(camera.source), realtime=self.realtime, max_frames=self.max_frames
+                    camera.id,
+                    FrameSource(camera.source),
+                    realtime=self.realtime,
+                    max_frames=self.max_frames,
+                    reconnect=self._reconnect(),
                 )
         with self._lock:
             for camera_id, capture in current.items():
@@ -339,6 +390,10 @@ class EdgeRunner:
                 self.captures[camera_id] = capture
                 if start:
                     capture.start()
+
+    def _reconnect(self) -> Reconnect:
+        settings = self.config.capture
+        return Reconnect(settings.reconnect_initial_s, settings.reconnect_max_s, settings.down_after_s)
 
     def _retire(self, capture: Capture) -> None:
         with self._lock:
@@ -359,6 +414,11 @@ class EdgeRunner:
 
     def _all_captures_sum(self, attribute: str) -> int:
         return sum(getattr(capture, attribute) for capture in self._all_captures())
+
+
+def motion_settings(config) -> MotionSettings:
+    """The gate's settings from the ``motion`` configuration section."""
+    return MotionSettings(**config.model_dump())
 
 
 def _round(value: float | None) -> float | None:

@@ -46,7 +46,7 @@ def status_command(
         if as_json:
             click.echo(json.dumps({**state.model_dump(mode="json"), "problems": found}))
             continue
-        cameras = " ".join(f"{cid}={c.fps:g}fps" + ("" if c.state == "ok" else f"({c.state})")
+        cameras = " ".join(f"{cid}={c.fps:g}fps" + ("" if c.state == "up" else f"({c.state})")
                            for cid, c in sorted(state.cameras.items())) or "-"  # fmt: skip
         age = version_age(state.gallery_version, now)
         gallery = f"{state.gallery_version or '-'}" + (f" ({_age(age)})" if age is not None else "")

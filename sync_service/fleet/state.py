@@ -27,7 +27,7 @@ VERSION = re.compile(r"^\d{8}T\d{6}Z$")
 class CameraState(BaseModel):
     model_config = ConfigDict(extra="forbid")
     fps: float = 0.0
-    state: str = "ok"
+    state: str = "up"  # edge_app.match_event.CameraHealth: up, reconnecting, down
 
 
 class DeviceState(BaseModel):
@@ -53,8 +53,8 @@ def apply_report(state: DeviceState | None, report: HealthReport, received_at: d
         return state
     if report.camera_health:
         cameras = {cid: CameraState(fps=c.fps, state=c.state) for cid, c in report.camera_health.items()}
-    else:  # a device without per-camera figures: its cameras share the device's rate
-        cameras = {cid: CameraState(fps=report.fps, state="ok" if report.fps > 0 else "no frames") for cid in report.cameras}  # fmt: skip
+    else:  # a device without per-camera figures (schema 1): its cameras share the device's rate
+        cameras = {cid: CameraState(fps=report.fps, state="up" if report.fps > 0 else "no frames") for cid in report.cameras}  # fmt: skip
     history = ((state.outbox_history if state else []) + [report.outbox_depth])[-OUTBOX_HISTORY:]
     return DeviceState(
         device_id=report.device_id,
@@ -96,8 +96,8 @@ def problems(
     if silent > 2 * interval + SILENCE_GRACE:
         found.append(f"silent for {_human(silent)}")
     for camera_id, camera in sorted(state.cameras.items()):
-        if camera.fps <= 0 or camera.state != "ok":
-            found.append(f"camera {camera_id} {camera.state if camera.state != 'ok' else 'at 0 fps'}")
+        if camera.fps <= 0 or camera.state != "up":
+            found.append(f"camera {camera_id} {camera.state if camera.state != 'up' else 'at 0 fps'}")
     if not state.cameras:
         found.append("no camera running")
     if outbox_growing(state.outbox_history):

@@ -1,0 +1,180 @@
+"""Cameras per device: one ``mpd edge run`` serving N cameras at 10 fps each, with and without
+motion gating, on a realistic mostly-empty scene.
+
+    .venv/bin/python benchmarks/bench_cameras.py [--cameras 8 12 16 20 24] [--repeats 3] [--out result.json]
+
+The scene (generated with demo/scenes.py from the shared face photos): 30 s at 10 fps,
+640x480, an empty yard with a slow light change and sensor noise, one gallery member
+crossing it for 3 s (10% of the frames). Every camera plays that video paced at its own
+rate (``--realtime``, like a camera: frames are dropped when the device falls behind).
+
+For each camera count the gated and the ungated run follow each other (the order
+alternates between repeats), so both see the same machine load; the load average is
+recorded before and after every run. Prints one JSON document:
+
+- per camera count and mode: frames dropped (% of frames read, median over repeats),
+  frames skipped for no motion, events (one per camera expected), time to confirm (video
+  seconds from the member's first visible frame to the confirming frame; median over
+  cameras, then over repeats), first frame -> outbox latency, CPU cores used;
+- ``max_cameras_at_1pct_drop``: the largest camera count tried whose median drop is at most 1%;
+- ``time_to_confirm_gated_minus_ungated_s`` per camera count.
+
+Needs the shared face photos (../shared/data/faces). The machine may be shared: medians,
+side-by-side comparisons and the recorded load averages are the figures to trust.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from demo.scenes import make_scene, walk  # noqa: E402
+from edge_app.gallery.bundle import ModelRef, write_bundle  # noqa: E402
+from models.recognizer import FaceModels  # noqa: E402
+
+FACES = Path(os.environ.get("MPD_SHARED_DATA", REPO.parent / "shared" / "data")) / "faces"
+FPS = 10
+SECONDS = 30.0
+MEMBER = "barack_obama"
+GALLERY = ["barack_obama", "george_clooney", "katy_perry", "matt_damon", "kit_harington", "melissa_rauch"]
+
+
+def photos(identity: str) -> list[Path]:
+    folder = FACES / "gallery" / identity
+    return sorted(folder.iterdir(), key=lambda p: int(p.stem) if p.stem.isdigit() else 0)
+
+
+def build_bundle(models: FaceModels, out: Path) -> Path:
+    from sync_service.gallery.enrol import build_gallery
+
+    vectors, labels, persons, _ = build_gallery(models, {m: photos(m)[:-1][:3] for m in GALLERY}, {}, progress=False)
+    fields = {"detector": ModelRef(**models.detector_ref), "embedder": ModelRef(**models.embedder_ref)}
+    write_bundle(out, manifest_fields={"gallery_version": "bench-cameras", **fields},
+                 vectors=vectors, labels=labels, persons=persons)  # fmt: skip
+    return out
+
+
+def mostly_empty_scene(models: FaceModels, out: Path) -> tuple[Path, int]:
+    """The scene and the member's first visible frame."""
+    actors = [walk(photos(MEMBER)[-1], MEMBER, 13.0, 3.0, face_px=(90, 110), light=(0.9, 1.1))]
+    truth = make_scene(actors, out, seconds=SECONDS, fps=FPS, models=models, seed=11, light_wave=0.2)
+    first, last = truth.appearances()[MEMBER]
+    return out, first
+
+
+def run(bundle: Path, scene: Path, cameras: int, gated: bool, work: Path) -> dict:
+    config = work / f"edge-{cameras}-{gated}.json"
+    config.write_text(json.dumps({
+        "device_id": "bench", "publisher": "file", "file_path": str(work / "events.jsonl"),
+        "outbox": {"path": str(work / f"outbox-{cameras}-{gated}" / "o.sqlite3")},
+        "health_interval_s": 3600, "motion": {"enabled": gated},
+    }))  # fmt: skip
+    command = [sys.executable, "-m", "mpd_cli", "edge", "run", "--bundle", str(bundle), "--allow-unsigned",
+               "--config", str(config), "--realtime"] + [arg for _ in range(cameras) for arg in ("--source", str(scene))]  # fmt: skip
+    load_before = os.getloadavg()
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=SECONDS * 10)
+    wall = time.monotonic() - started
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise RuntimeError(f"mpd edge run failed: {done.stderr[-2000:]}")
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    return {"summary": summary, "wall_s": wall, "cpu_cores": cpu / wall, "load_before": load_before,
+            "load_after": os.getloadavg()}  # fmt: skip
+
+
+def figures(result: dict, first_visible: int, cameras: int) -> dict:
+    summary = result["summary"]
+    confirmed = {}
+    for event in summary["confirmed_at"]:
+        if event["person_id"] == MEMBER:
+            confirmed.setdefault(event["camera_id"], event)
+    to_confirm = [(e["confirm_frame"] - first_visible) / FPS for e in confirmed.values()]
+    return {
+        "frames_read": summary["frames_read"],
+        "dropped_pct": round(100 * summary["frames_dropped"] / max(1, summary["frames_read"]), 2),
+        "skipped_no_motion_pct": round(
+            100 * summary["frames_skipped_no_motion"] / max(1, summary["frames_processed"]), 1
+        ),  # fmt: skip
+        "cameras_confirmed": len(confirmed),
+        "cameras": cameras,
+        "events": summary["events"],
+        "time_to_confirm_s_median": round(statistics.median(to_confirm), 3) if to_confirm else None,
+        "latency_s_median": summary["latency_s"]["median"],
+        "cpu_cores": round(result["cpu_cores"], 2),
+        "load_before": [round(x, 2) for x in result["load_before"]],
+        "load_after": [round(x, 2) for x in result["load_after"]],
+    }
+
+
+def median_of(runs: list[dict], key: str) -> float | None:
+    values = [run[key] for run in runs if run[key] is not None]
+    return round(statistics.median(values), 3) if values else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cameras", type=int, nargs="+", default=[8, 12, 16, 20, 24])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if not (FACES / "gallery").is_dir():
+        sys.exit(f"shared face photos not found at {FACES}")
+    models = FaceModels.load()
+    with tempfile.TemporaryDirectory(prefix="bench-cameras-") as tmp:
+        work = Path(tmp)
+        bundle = build_bundle(models, work / "bundle")
+        scene, first_visible = mostly_empty_scene(models, work / "scene.avi")
+        runs: dict[int, dict[str, list[dict]]] = {n: {"gated": [], "ungated": []} for n in args.cameras}
+        for repeat in range(args.repeats):
+            for cameras in args.cameras:
+                order = [True, False] if (repeat + cameras) % 2 == 0 else [False, True]
+                for gated in order:
+                    result = run(bundle, scene, cameras, gated, work)
+                    row = figures(result, first_visible, cameras)
+                    runs[cameras]["gated" if gated else "ungated"].append(row)
+                    print(json.dumps({"repeat": repeat, "gated": gated, **row}), file=sys.stderr, flush=True)
+    report = {"scene": {"seconds": SECONDS, "fps": FPS, "size": [640, 480], "member_visible_pct": 10,
+                        "first_visible_frame": first_visible}, "cpu_count": os.cpu_count(), "by_cameras": {}}  # fmt: skip
+    best = {"gated": 0, "ungated": 0}
+    for cameras, modes in runs.items():
+        entry = {}
+        for mode, rows in modes.items():
+            entry[mode] = {
+                "dropped_pct_median": median_of(rows, "dropped_pct"),
+                "skipped_no_motion_pct_median": median_of(rows, "skipped_no_motion_pct"),
+                "cameras_confirmed_min": min(row["cameras_confirmed"] for row in rows),
+                "time_to_confirm_s_median": median_of(rows, "time_to_confirm_s_median"),
+                "latency_s_median": median_of(rows, "latency_s_median"),
+                "cpu_cores_median": median_of(rows, "cpu_cores"),
+                "runs": rows,
+            }
+            if entry[mode]["dropped_pct_median"] <= 1.0:
+                best[mode] = max(best[mode], cameras)
+        gated_t, ungated_t = entry["gated"]["time_to_confirm_s_median"], entry["ungated"]["time_to_confirm_s_median"]
+        entry["time_to_confirm_gated_minus_ungated_s"] = (
+            round(gated_t - ungated_t, 3) if gated_t is not None and ungated_t is not None else None
+        )
+        report["by_cameras"][str(cameras)] = entry
+    report["max_cameras_at_1pct_drop"] = best
+    text = json.dumps(report, indent=1)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
