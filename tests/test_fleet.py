@@ -69,7 +69,10 @@ def test_camera_health_is_the_current_rate_not_a_lifetime_average():
     taken = RecentRate(window_s=10.0, clock=lambda: clock.now)
     capture = SimpleNamespace(camera_id="gate", taken=taken, dropped_recent=RecentRate(clock=lambda: clock.now),
                               state=lambda: ("up", time.time(), None))  # fmt: skip
-    runner = SimpleNamespace(captures={"gate": capture}, _lock=__import__("threading").Lock())
+    from edge_app.pipeline.motion import MotionGate, MotionSettings
+
+    processor = SimpleNamespace(motion=MotionGate(MotionSettings()))
+    runner = SimpleNamespace(captures={"gate": capture}, _lock=__import__("threading").Lock(), processor=processor)
     for _ in range(150):  # 15 fps for 10 s
         taken.add()
         clock.now += 1 / 15
