@@ -1,5 +1,6 @@
-"""Real local servers for integration tests: mosquitto with mutual TLS (the IoT Core
-stand-in) and moto in server mode (S3, DynamoDB, SNS). See ../shared/docs/local-aws.md.
+"""Real local servers for integration tests: mosquitto with mutual TLS and per-certificate
+topic ACLs (the IoT Core stand-in) and moto in server mode (S3, DynamoDB, SNS). See
+../shared/docs/local-aws.md.
 
 Used through the fixtures in conftest.py. Each server binds 127.0.0.1 on a free port.
 """
@@ -7,11 +8,13 @@ Used through the fixtures in conftest.py. Each server binds 127.0.0.1 on a free 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,12 +48,32 @@ class ClientCert:
     key: Path
 
 
+BACKEND_CN = "cloud-backend"
+CLIENT_EXT = "extendedKeyUsage=clientAuth\n"
+
+
+def _issue(directory: Path, name: str, cn: str, ca: tuple[Path, Path], ext: str) -> ClientCert:
+    key, csr, crt, extfile = (directory / f"{name}.{s}" for s in ("key", "csr", "crt", "ext"))
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", str(key), "-out", str(csr))
+    extfile.write_text(ext)
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial",
+             "-days", "2", "-sha256", "-extfile", str(extfile), "-out", str(crt))  # fmt: skip
+    for path in (key, crt):
+        path.chmod(0o644)  # mosquitto may drop privileges before reading the files
+    return ClientCert(crt, key)
+
+
 @dataclass(frozen=True)
 class Pki:
-    """A throwaway CA with a server certificate and device certificates, plus a rogue CA."""
+    """A throwaway CA with a server certificate and device certificates, plus a rogue CA.
+
+    A device certificate's CN is its device id (the IoT thing name): the broker's ACL
+    lets each certificate publish only on its own ``mpd/{CN}/...`` topics.
+    """
 
     directory: Path
     ca: Path
+    ca_key: Path
     server: ClientCert
     device: ClientCert  # CN=test-thing, signed by the trusted CA
     backend: ClientCert  # CN=cloud-backend, the local cloud's subscriber
@@ -67,27 +90,49 @@ class Pki:
                      "-keyout", str(key), "-out", str(crt))  # fmt: skip
             return crt, key
 
-        def issue(name: str, cn: str, ca: tuple[Path, Path], ext: str) -> ClientCert:
-            key, csr, crt, extfile = (directory / f"{name}.{s}" for s in ("key", "csr", "crt", "ext"))
-            _openssl(
-                "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", str(key), "-out", str(csr)
-            )
-            extfile.write_text(ext)
-            _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial",
-                     "-days", "2", "-sha256", "-extfile", str(extfile), "-out", str(crt))  # fmt: skip
-            return ClientCert(crt, key)
-
         ca = make_ca("test-ca")
         rogue_ca = make_ca("rogue-ca")
-        server = issue(
-            "server", "localhost", ca, "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
-        )
-        device = issue("device", "test-thing", ca, "extendedKeyUsage=clientAuth\n")
-        backend = issue("backend", "cloud-backend", ca, "extendedKeyUsage=clientAuth\n")
-        rogue = issue("rogue", "test-thing", rogue_ca, "extendedKeyUsage=clientAuth\n")
+        server = _issue(directory, "server", "localhost", ca,
+                        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")  # fmt: skip
+        device = _issue(directory, "device", "test-thing", ca, CLIENT_EXT)
+        backend = _issue(directory, "backend", BACKEND_CN, ca, CLIENT_EXT)
+        rogue = _issue(directory, "rogue", "test-thing", rogue_ca, CLIENT_EXT)
         for path in directory.iterdir():
             path.chmod(0o644)
-        return cls(directory, ca[0], server, device, backend, rogue)
+        return cls(directory, ca[0], ca[1], server, device, backend, rogue)
+
+    def device_for(self, device_id: str) -> ClientCert:
+        """The trusted certificate of device ``device_id`` (CN = the id), made on first use."""
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", device_id):
+            raise ValueError(f"not a device id for a test certificate: {device_id!r}")
+        if device_id == "test-thing":
+            return self.device
+        crt, key = self.directory / f"device-{device_id}.crt", self.directory / f"device-{device_id}.key"
+        with _ISSUE_LOCK:
+            if not crt.exists():
+                _issue(self.directory, f"device-{device_id}", device_id, (self.ca, self.ca_key), CLIENT_EXT)
+        return ClientCert(crt, key)
+
+
+_ISSUE_LOCK = threading.Lock()
+
+# The broker's topic ACL, the local stand-in for the IoT policies: each device certificate
+# (username = its CN, the thing name) publishes only its own match and health topics and
+# reads only the gallery announcements, as greengrass/device-policy.json allows on IoT
+# Core; the cloud backend reads every device's matches and health and announces galleries.
+# mosquitto applies ``pattern`` lines to every client (and warns that the two gallery
+# patterns have no %u: expected, they are the same topics for every device).
+BROKER_ACL = f"""pattern write mpd/%u/match
+pattern write mpd/%u/health
+pattern read mpd/gallery/latest
+pattern read mpd/gallery/+/latest
+
+user {BACKEND_CN}
+topic read mpd/+/match
+topic read mpd/+/health
+topic write mpd/gallery/latest
+topic write mpd/gallery/+/latest
+"""
 
 
 class Mosquitto:
@@ -104,13 +149,16 @@ class Mosquitto:
         self.port = free_port()
         self.workdir = workdir
         self.config = workdir / "mosquitto.conf"
+        self.acl = workdir / "acl.txt"
         self.log = workdir / "mosquitto.log"
+        self.acl.write_text(BROKER_ACL)
+        self.acl.chmod(0o644)
         user = "user root\n" if os.geteuid() == 0 else ""
         self.config.write_text(
             f"{user}per_listener_settings true\npersistence false\nlog_dest stderr\n"
             f"listener {self.port} 127.0.0.1\ncafile {pki.ca}\ncertfile {pki.server.cert}\nkeyfile {pki.server.key}\n"
             "require_certificate true\nuse_identity_as_username true\nallow_anonymous false\n"
-            "max_qos 1\nmax_packet_size 131072\n"
+            f"acl_file {self.acl}\nmax_qos 1\nmax_packet_size 131072\n"
         )
         self.process: subprocess.Popen | None = None
 
@@ -137,8 +185,9 @@ class Mosquitto:
             self.process.wait()
         self.process = None
 
-    def client_settings(self, cert: ClientCert | None = None) -> dict[str, str | int]:
-        cert = cert or self.pki.device
+    def client_settings(self, cert: ClientCert | str | None = None) -> dict[str, str | int]:
+        """Connection settings for ``cert``: a certificate, a device id (its own certificate), or test-thing."""
+        cert = self.pki.device_for(cert) if isinstance(cert, str) else cert or self.pki.device
         return {
             "host": self.host,
             "port": self.port,

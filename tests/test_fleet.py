@@ -103,11 +103,11 @@ def test_unplugged_camera_shows_as_a_problem_within_two_health_intervals(broker,
     engine = HealthRuleEngine(open_device_store(), backend["host"], backend["port"], backend["ca"], backend["cert"],
                               backend["key"], client_id=f"health-{uuid.uuid4().hex[:6]}")  # fmt: skip
     engine.start()
-    device = broker.client_settings()
+    site_1, site_2 = broker.client_settings("site-1"), broker.client_settings("site-2")  # each device's own cert
     interval = 1.0
     try:
-        publish(device, "mpd/site-1/health", report(sent=datetime.now(UTC), interval=interval).to_json().encode())
-        publish(device, "mpd/site-2/health", report("site-2", datetime.now(UTC), interval=interval).to_json().encode())
+        publish(site_1, "mpd/site-1/health", report(sent=datetime.now(UTC), interval=interval).to_json().encode())
+        publish(site_2, "mpd/site-2/health", report("site-2", datetime.now(UTC), interval=interval).to_json().encode())
         deadline = time.monotonic() + 5
         while engine.taken < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -115,7 +115,7 @@ def test_unplugged_camera_shows_as_a_problem_within_two_health_intervals(broker,
         assert status.exit_code == 0 and status.output.count(" ok\n") == 2, status.output
 
         unplugged = time.monotonic()
-        publish(device, "mpd/site-1/health", report(sent=datetime.now(UTC), cameras={"gate": 0.0}, interval=interval).to_json().encode())  # fmt: skip
+        publish(site_1, "mpd/site-1/health", report(sent=datetime.now(UTC), cameras={"gate": 0.0}, interval=interval).to_json().encode())  # fmt: skip
         while True:
             status = CliRunner().invoke(main, ["fleet", "status"])
             if status.exit_code == 1 or time.monotonic() - unplugged > 2 * interval:

@@ -33,8 +33,9 @@ MPD = str(Path(sys.executable).parent / "mpd")
 
 
 def publish(broker, topic: str, payload: bytes, cert=None, retain: bool = False) -> None:
-    """One QoS 1 publish from a device, waiting for the broker's PUBACK."""
-    settings = broker.client_settings(cert)
+    """One QoS 1 publish from a device (by default the one the topic names, with its own
+    certificate: the broker lets a device publish only on its own topics), waiting for the PUBACK."""
+    settings = broker.client_settings(cert or topic.split("/")[1])
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"device-{uuid.uuid4().hex[:8]}")
     client.tls_set(ca_certs=settings["ca"], certfile=settings["cert"], keyfile=settings["key"])
     client.connect(settings["host"], settings["port"])
