@@ -33,16 +33,20 @@ import json, sys, time
 from sync_service.alerts.cases import CaseLookup
 from sync_service.alerts.config import AlertSettings
 from sync_service.alerts.handler import source_fetcher
-from edge_app.match_event import MatchEvent
-from datetime import UTC, datetime, timedelta
-now = datetime.now(UTC)
-event = MatchEvent(device_id="dev-1", camera_id="cam0", person_id="namus:MP500", source="namus", case_id="MP500",
-                   display_name="Dana Example", best_similarity=0.6, mean_similarity=0.55, frames_used=5,
-                   first_seen=now - timedelta(seconds=3), last_seen=now, gallery_version="v1",
-                   model_id="sface_2021dec", threshold=0.5)
 settings = AlertSettings(backend="local", source_urls={"namus": sys.argv[1]}, case_lookup_timeout=10)
 started = time.monotonic()
-details = CaseLookup(source_fetcher(settings), 10).details(event)
+lookup = CaseLookup(source_fetcher(settings), 10)
+try:
+    details = lookup.details("namus", "MP500", "Dana Example")
+except TypeError:  # the lookup before the alert handler took the gallery's name (commit 91662be)
+    from edge_app.match_event import MatchEvent
+    from datetime import UTC, datetime, timedelta
+    now = datetime.now(UTC)
+    details = lookup.details(MatchEvent(
+        device_id="dev-1", camera_id="cam0", person_id="namus:MP500", source="namus", case_id="MP500",
+        display_name="Dana Example", best_similarity=0.6, mean_similarity=0.55, frames_used=5,
+        first_seen=now - timedelta(seconds=3), last_seen=now, gallery_version="v1",
+        model_id="sface_2021dec", threshold=0.5))
 print(json.dumps({"fresh": details.fresh, "seconds": round(time.monotonic() - started, 3)}))
 """
 

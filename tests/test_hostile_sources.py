@@ -149,10 +149,9 @@ import json, sys, time
 from sync_service.alerts.cases import CaseLookup
 from sync_service.alerts.config import AlertSettings
 from sync_service.alerts.handler import source_fetcher
-from tests.test_alert_handler import make_event
 settings = AlertSettings(backend="local", source_urls={"namus": sys.argv[1]}, case_lookup_timeout=5)
 started = time.monotonic()
-details = CaseLookup(source_fetcher(settings), 5).details(make_event(case_id="MP500", display_name="Dana Example"))
+details = CaseLookup(source_fetcher(settings), 5).details("namus", "MP500", "Dana Example")
 print(json.dumps({"fresh": details.fresh, "name": details.name, "seconds": time.monotonic() - started}))
 """
     with SourceServer("namus", data, faults="bomb=500") as server:
