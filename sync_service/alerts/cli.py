@@ -250,9 +250,10 @@ def replay_command() -> None:
 
 
 def _add_cycle_commands() -> None:
-    from sync_service.cycle.cli import cycle_command
+    from sync_service.cycle.cli import cycle_command, package_command
 
     cloud_group.add_command(cycle_command)
+    cloud_group.add_command(package_command)
 
 
 _add_cycle_commands()

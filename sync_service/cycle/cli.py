@@ -43,3 +43,23 @@ def cycle_command(config_path: str | None, now_text: str | None, no_ingest: bool
     click.echo(json.dumps(result, indent=1, default=str))
     if not result["outcome"]["ok"]:
         raise click.ClickException("cycle finished with problems: " + "; ".join(result["outcome"]["problems"]))
+
+
+@click.command("package")
+@click.option("--out", type=click.Path(file_okay=False), default="build/lambda", show_default=True,
+              help="Where each function's folder and zip go (template.yaml's CodeUri).")  # fmt: skip
+@click.option("--function", "names", multiple=True, help="Only these functions (default: all).")
+@click.option("--wheelhouse", type=click.Path(file_okay=False), help="Wheel cache (default OUT/wheelhouse).")
+@click.option("--relock", is_flag=True, help="Resolve the lock files again from setup.py's ranges first.")
+def package_command(out: str, names: tuple[str, ...], wheelhouse: str | None, relock: bool) -> None:
+    """Package each Lambda from pinned manylinux wheels (CPython 3.11, x86_64), offline once fetched."""
+    from pathlib import Path
+
+    from sync_service.deploy.package import PackagingError, package
+
+    try:
+        results = package(Path(out), list(names) or None, Path(wheelhouse) if wheelhouse else None, relock)
+    except PackagingError as error:
+        raise click.ClickException(str(error)) from None
+    for result in results:
+        click.echo(json.dumps(result))

@@ -1,0 +1,1 @@
+"""Deployment of the cloud side: Lambda packaging."""
