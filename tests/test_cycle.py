@@ -145,7 +145,10 @@ def test_two_nights_device_takes_the_delta_and_the_resolved_person_is_gone(faces
 
     fetched: list[str] = []
     real_download = device.source.download
-    device.source.download = lambda relpath, dest, size: (fetched.append(relpath), real_download(relpath, dest, size))
+    device.source.download = lambda relpath, dest, size, **kw: (
+        fetched.append(relpath),
+        real_download(relpath, dest, size, **kw),
+    )
     assert device.sync_once().version == night2["build"]["scopes"]["all"]["version"]
     assert fetched and all("/delta/" in path for path in fetched), fetched
     gallery = Gallery.from_bundle(device.dir.load())
