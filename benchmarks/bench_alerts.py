@@ -14,6 +14,11 @@
    until the decision, by which point the SMS record exists in moto (checked after
    the run). Baseline: the MQTT hop alone (publish -> a subscriber receives) on the
    same broker, alternating with it.
+4. Review, locally (embedded backend, the review page served by waitress as in
+   ``mpd cloud serve``): device publish -> reviewer SMS written (``review: before``);
+   the Confirm POST -> responder SMS written (its HTTP round trip: the SMS is written
+   before the answer); the alert list with 1,000 alerts in the store (first page and a
+   page deep in it), beside the login page (no store access) as the baseline.
 
 Medians and p95 in milliseconds; the machine is shared and noisy, so compare the
 ratios, which are measured side by side.
@@ -25,6 +30,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -41,7 +47,7 @@ import boto3  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
 
 from edge_app.match_event import MatchEvent  # noqa: E402
-from sync_service.alerts.config import AlertSettings  # noqa: E402
+from sync_service.alerts.config import AlertSettings, Sites  # noqa: E402
 from sync_service.alerts.handler import build_service  # noqa: E402
 from sync_service.alerts.local import LocalRuleEngine, MqttSettings, create_aws_resources  # noqa: E402
 from sync_service.alerts.rule import LocalRule  # noqa: E402
@@ -50,7 +56,20 @@ from sync_service.dev_servers.server import SourceServer  # noqa: E402
 from tests.servers import Mosquitto, MotoServer, Pki  # noqa: E402  (the tests' real servers)
 
 PHONE = "+15555550123"
+REVIEWER = "+15555550111"
 RULE = LocalRule.parse()
+# The handler and end-to-end parts measure the responder path: texted at once. The
+# device budget is lifted: the benchmark is one device sending hundreds of alerts.
+AFTER = Sites.model_validate({"sites": {"bench": {"name": "Bench", "review": "after"}},
+                              "devices": {"dev-bench": {"name": "Bench", "site": "bench"}}})  # fmt: skip
+BEFORE = Sites.model_validate(
+    {
+        "sites": {"bench": {"name": "Bench", "review": "before", "reviewers": [{"phone": REVIEWER}],
+                            "responders": [{"phone": PHONE}]}},
+        "devices": {"dev-bench": {"name": "Bench", "site": "bench"}},
+    }
+)  # fmt: skip
+UNLIMITED = 10_000
 # The handler logs one JSON line per decision (to stdout, as Lambda wants); the
 # benchmark's own stdout is its report, so its logs go to stderr.
 for _handler in logging.getLogger("mpd-alerts").handlers:
@@ -100,7 +119,9 @@ def timed(call) -> float:
 
 def bench_handler(moto: MotoServer, events: int, workdir: Path) -> dict:
     moto.reset()
-    settings = AlertSettings(backend="aws", phone_numbers=(PHONE,), case_lookup_timeout=1.0)
+    settings = AlertSettings(
+        backend="aws", phone_numbers=(PHONE,), case_lookup_timeout=1.0, sites=AFTER, device_alerts_per_hour=UNLIMITED
+    )
     create_aws_resources(settings)
     service = build_service(settings, fetch=None)
     sns = boto3.client("sns")
@@ -134,7 +155,14 @@ def bench_handler(moto: MotoServer, events: int, workdir: Path) -> dict:
     }
 
     local = build_service(
-        AlertSettings(backend="local", local_dir=workdir / "local", phone_numbers=(PHONE,)), fetch=None
+        AlertSettings(
+            backend="local",
+            local_dir=workdir / "local",
+            phone_numbers=(PHONE,),
+            sites=AFTER,
+            device_alerts_per_hour=UNLIMITED,
+        ),
+        fetch=None,
     )
     for n in range(10):
         local.handle(rule_event(event(300_000 + n)))
@@ -148,10 +176,15 @@ def bench_handler(moto: MotoServer, events: int, workdir: Path) -> dict:
     )
     with SourceServer("namus", data) as server:
         os.environ.setdefault("MPD_SOURCES_ALLOW_LOOPBACK", "1")  # the lookup asks the local NamUs stand-in
-        looked_up = build_service(settings.model_copy(update={"source_urls": {"namus": server.url}}))
+        lookup_sites = Sites.model_validate(
+            {"sites": {f"dev-lookup-{n}": {"name": "Lookup", "review": "after"} for n in range(min(events, 100))}}
+        )
+        looked_up = build_service(
+            settings.model_copy(update={"source_urls": {"namus": server.url}, "sites": lookup_sites})
+        )
         samples = []
         for n in range(min(events, 100)):
-            moto_case = event(990001, device=f"dev-lookup-{n}")  # a new device each time: no cooldown
+            moto_case = event(990001, device=f"dev-lookup-{n}")  # a new device (own site, after) each time: no cooldown
             samples.append(timed(lambda m=moto_case: looked_up.handle(rule_event(m))))
         result["sent_with_namus_dev_server_lookup"] = summary(samples[5:])
     return result
@@ -159,7 +192,7 @@ def bench_handler(moto: MotoServer, events: int, workdir: Path) -> dict:
 
 def bench_end_to_end(moto: MotoServer, broker: Mosquitto, pki: Pki, count: int) -> dict:
     moto.reset()
-    settings = AlertSettings(backend="aws", phone_numbers=(PHONE,))
+    settings = AlertSettings(backend="aws", phone_numbers=(PHONE,), sites=AFTER, device_alerts_per_hour=UNLIMITED)
     create_aws_resources(settings)
     done: dict[str, float] = {}
     arrived = threading.Condition()
@@ -232,10 +265,133 @@ def bench_end_to_end(moto: MotoServer, broker: Mosquitto, pki: Pki, count: int) 
     }
 
 
+def _csrf(html: str) -> str:
+    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html)
+    assert match, "no CSRF token on the page"
+    return match.group(1)
+
+
+def bench_review(broker: Mosquitto, pki: Pki, count: int, workdir: Path, listed: int = 1000) -> dict:
+    """The review targets, locally: publish -> reviewer SMS, Confirm -> responder SMS, list of 1,000."""
+    import requests
+
+    from sync_service.alerts.stores import read_sms_sink
+    from sync_service.review.app import build_app
+    from sync_service.review.auth import UserFile
+    from sync_service.review.records import State, new_review_id
+    from sync_service.review.server import ReviewServer
+    from tests.servers import free_port
+
+    port = free_port()
+    root = workdir / "review"
+    settings = AlertSettings(
+        backend="local",
+        local_dir=root,
+        sites=BEFORE,
+        device_alerts_per_hour=UNLIMITED,
+        review_url=f"http://127.0.0.1:{port}",
+    )
+    users = UserFile(root / "users.json")
+    users.add("bench", "bench password 1", ["bench"])
+    service = build_service(settings, fetch=None)
+    page = ReviewServer(build_app(settings, service.review, {"MPD_REVIEW_USERS": str(users.path)}), port=port).start()
+
+    done: dict[str, tuple[float, dict]] = {}
+    arrived = threading.Condition()
+
+    def on_decision(result: dict) -> None:
+        with arrived:
+            done[result.get("event_id", "?")] = (time.perf_counter(), result)
+            arrived.notify_all()
+
+    backend = broker.client_settings(pki.backend)
+    engine = LocalRuleEngine(
+        service,
+        MqttSettings(backend["host"], backend["port"], backend["ca"], backend["cert"], backend["key"], "bench-review"),
+        on_decision=on_decision,
+    )
+    engine.start()
+    device_settings = broker.client_settings(pki.device)
+    device = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-review-device")
+    device.tls_set(ca_certs=device_settings["ca"], certfile=device_settings["cert"], keyfile=device_settings["key"])
+    device.connect(device_settings["host"], device_settings["port"])
+    device.loop_start()
+    time.sleep(0.5)
+
+    to_reviewer, review_ids = [], []
+    for n in range(count + 5):
+        match = event(600_000 + n)
+        key = str(match.event_id)
+        started = time.perf_counter()
+        device.publish(f"mpd/{match.device_id}/match", match.to_json(), qos=1)
+        with arrived:
+            arrived.wait_for(lambda k=key: k in done, timeout=10)
+        finished, result = done[key]
+        assert result["decision"] == "review_pending", result
+        review_ids.append(result["review_id"])
+        if n >= 5:
+            to_reviewer.append(finished - started)
+    device.disconnect()
+    device.loop_stop()
+    engine.stop()
+    reviewer_sms = [m for m in read_sms_sink(settings.sms_sink) if m["phone_number"] == REVIEWER]
+
+    http = requests.Session()
+    login = http.get(f"{page.url}/login", timeout=10)
+    http.post(f"{page.url}/login", data={"username": "bench", "password": "bench password 1",
+                                         "csrf_token": _csrf(login.text)}, timeout=10)  # fmt: skip
+    confirm = []
+    for n, review_id in enumerate(review_ids):
+        token = _csrf(http.get(f"{page.url}/alerts/{review_id}", timeout=10).text)
+        started = time.perf_counter()
+        answer = http.post(f"{page.url}/alerts/{review_id}/decide", data={"confirm": "Confirm", "csrf_token": token},
+                           allow_redirects=False, timeout=10)  # fmt: skip
+        elapsed = time.perf_counter() - started
+        assert answer.status_code == 302, answer.status_code
+        if n >= 5:
+            confirm.append(elapsed)
+    responder_sms = [m for m in read_sms_sink(settings.sms_sink) if m["phone_number"] == PHONE]
+
+    template = service.review.reviews.get(review_ids[0])
+    for n in range(listed - len(review_ids)):
+        state = State.PENDING if n % 10 == 0 else State.CONFIRMED
+        service.review.reviews.create(
+            template.model_copy(update={"review_id": new_review_id(), "state": state, "created_ms": 1_000 + n})
+        )
+    rows = http.get(f"{page.url}/alerts", timeout=10).text.count('class="alert-row')
+    assert rows == 25, f"the list page shows {rows} alerts, not a page of 25 (logged out?)"
+    first, deep, login_page = [], [], []
+    cursor = "0#" + "0" * 11 + "1500"  # below about half of the seeded alerts
+    for _ in range(35):
+        first.append(timed(lambda: http.get(f"{page.url}/alerts", timeout=10).raise_for_status()))
+        deep.append(
+            timed(lambda: http.get(f"{page.url}/alerts", params={"before": cursor}, timeout=10).raise_for_status())
+        )
+        login_page.append(timed(lambda: requests.get(f"{page.url}/login", timeout=10).raise_for_status()))
+    listed_total = sum(service.review.reviews.count(["bench"]).values())
+    page.stop()
+    return {
+        "publish_to_reviewer_sms": summary(to_reviewer),
+        "reviewer_sms_records": len(reviewer_sms),
+        "reviewer_sms_expected": count + 5,
+        "confirm_post_to_responder_sms": summary(confirm),
+        "responder_sms_records": len(responder_sms),
+        "responder_sms_expected": count + 5,
+        "alerts_in_store": listed_total,
+        "list_first_page": summary(first[5:]),
+        "list_deep_page": summary(deep[5:]),
+        "baseline_login_page": summary(login_page[5:]),
+        "ratio_list_first_page_to_login_median": round(
+            statistics.median(first[5:]) / statistics.median(login_page[5:]), 1
+        ),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200)
     parser.add_argument("--e2e", type=int, default=100)
+    parser.add_argument("--review", type=int, default=100, help="alerts through the review path")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-alerts-") as tmp:
         workdir = Path(tmp)
@@ -259,6 +415,8 @@ def main() -> None:
                 "machine_note": "2 shared cores; medians and side-by-side ratios are the figures to compare",
                 "handler": bench_handler(moto, args.events, workdir),
                 "end_to_end": bench_end_to_end(moto, broker, pki, args.e2e),
+                "review": bench_review(broker, pki, args.review, workdir),
+                "load_average": os.getloadavg(),
             }
         finally:
             broker.stop()
