@@ -159,7 +159,7 @@ class Chain:
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         line = process.stderr.readline()  # "listening on mpd/+/match ..." once subscribed
-        while line and "listening" not in line:
+        while line and "listening on mpd/+/match" not in line:  # printed last, once all is up
             line = process.stderr.readline()
         assert "listening" in line, "mpd cloud serve did not start"
         process.decisions = []  # (arrival time, decision) read from its stdout as they come

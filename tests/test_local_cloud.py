@@ -127,6 +127,8 @@ def _serve(broker, env: dict[str, str], client_id: str) -> subprocess.Popen:
     assert page.startswith("review page at http://127.0.0.1:"), page + (process.stderr.read() if process.poll() else "")
     process.review_url = page.split()[3]
     line = process.stderr.readline()
+    while line and "listening on mpd/+/match" not in line:  # the fleet's own line comes first
+        line = process.stderr.readline()
     assert "listening on mpd/+/match" in line, line + (process.stderr.read() if process.poll() is not None else "")
     return process
 

@@ -114,13 +114,14 @@ def serve_command(
         engine.start()
     except ConnectionError as error:
         raise click.ClickException(str(error)) from None
-    where = settings.sms_sink if settings.backend == "local" else "SNS"
-    click.echo(f"listening on {engine.rule.topic_filter} at {mqtt_host}:{mqtt_port}; SMS to {where}", err=True)
     extras = []
     if fleet:
         extras.append(_start_fleet(settings, mqtt_host, mqtt_port, ca, cert, key, client_id))
     if cycle_config:
         extras.append(_start_cycle(cycle_config, clock_speed, cycle_now))
+    # Last, once everything is up: scripts and tests wait for this line.
+    where = settings.sms_sink if settings.backend == "local" else "SNS"
+    click.echo(f"listening on {engine.rule.topic_filter} at {mqtt_host}:{mqtt_port}; SMS to {where}", err=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
