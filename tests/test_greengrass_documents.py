@@ -18,7 +18,9 @@ VERSION = "1.4.2"
 
 @pytest.fixture()
 def recipe() -> dict:
-    return packaging.render_recipe(VERSION, "mpd-artifacts-test", "gg")
+    return packaging.render_recipe(
+        VERSION, "mpd-artifacts-test", "gg", runtime_version="1.0.11", models_version="1.0.22"
+    )
 
 
 @pytest.fixture()
@@ -47,29 +49,86 @@ def test_rendered_recipe_is_valid_and_survives_a_yaml_round_trip(recipe, tmp_pat
     assert result.exit_code == 0, result.output
 
 
-def test_recipe_has_a_manifest_per_platform_pointing_at_its_own_zip(recipe):
+def test_app_recipe_pins_runtime_and_models_and_starts_through_the_health_gate(recipe):
+    deps = recipe["ComponentDependencies"]
+    assert deps[packaging.RUNTIME_COMPONENT] == {"VersionRequirement": "=1.0.11", "DependencyType": "HARD"}
+    assert deps[packaging.MODELS_COMPONENT] == {"VersionRequirement": "=1.0.22", "DependencyType": "HARD"}
     by_arch = {m["Platform"]["architecture"]: m for m in recipe["Manifests"]}
     assert set(by_arch) == {"amd64", "aarch64"}
+    for manifest in by_arch.values():
+        [artifact] = manifest["Artifacts"]  # one small platform-independent artifact
+        assert artifact["URI"] == f"s3://mpd-artifacts-test/gg/{packaging.COMPONENT_NAME}/{VERSION}/mpd-app.zip"
+        lifecycle = manifest["Lifecycle"]
+        assert set(lifecycle) == {"Startup"}  # Startup: the nucleus waits for the health gate
+        startup = lifecycle["Startup"]
+        assert startup["Script"] == "exec bash {artifacts:decompressedPath}/mpd-app/run.sh"
+        assert startup["Timeout"] == packaging.HEALTH_DEADLINE_S + 60
+        env = startup["Setenv"]
+        assert env["MPD_RUNTIME_VENV"] == f"{{{packaging.RUNTIME_COMPONENT}:work:path}}/venv-1.0.11"
+        assert env["MPD_MODEL_DIR"] == f"{{{packaging.MODELS_COMPONENT}:artifacts:decompressedPath}}/mpd-models"
+        # State lives in the component's work folder, which no version owns.
+        assert env["MPD_STATE_DIR"] == "{work:path}" and env["MPD_OUTBOX__PATH"].startswith("{work:path}/")
+        assert env["MPD_RELEASE"] == packaging.release_id(VERSION, "1.0.11", "1.0.22")
+        # Gallery settings reach the step as recipe variables (a change restarts the component).
+        assert env["MPD_GALLERY_SOURCE"] == "{configuration:/gallery/source}"
+        assert env["MPD_GALLERY_PUBLIC_KEY_PEM"] == "{configuration:/gallery/public_key_pem}"
+
+
+def test_runtime_and_models_recipes(tmp_path):
+    runtime = packaging.render_runtime_recipe("1.0.11", "mpd-artifacts-test", "gg")
+    by_arch = {m["Platform"]["architecture"]: m for m in runtime["Manifests"]}
     for arch, platform in (("amd64", "linux-x86_64"), ("aarch64", "linux-aarch64")):
         manifest = by_arch[arch]
-        assert manifest["Platform"]["os"] == "linux"
         [artifact] = manifest["Artifacts"]
         assert (
             artifact["URI"]
-            == f"s3://mpd-artifacts-test/gg/{packaging.COMPONENT_NAME}/{VERSION}/{platform}/mpd-edge.zip"
+            == f"s3://mpd-artifacts-test/gg/{packaging.RUNTIME_COMPONENT}/1.0.11/{platform}/mpd-runtime.zip"
         )
-        assert artifact["Unarchive"] == "ZIP"
-        lifecycle = manifest["Lifecycle"]
-        venv = f"{{work:path}}/venv-{VERSION}"
-        # Install is skipped only once this version's venv is complete, and Run uses that venv.
-        assert lifecycle["Install"]["Skipif"] == f"exists {venv}/.mpd-installed"
-        assert f"{{artifacts:decompressedPath}}/{packaging.ARTIFACT_DIR}/install.sh" in lifecycle["Install"]["Script"]
-        run = lifecycle["Run"]
-        assert run["Script"] == f"exec bash {{artifacts:decompressedPath}}/mpd-edge/run.sh {venv} {{work:path}}"
-        # Gallery settings reach the Run step as recipe variables (a change restarts the component).
-        assert run["Setenv"]["MPD_GALLERY_SOURCE"] == "{configuration:/gallery/source}"
-        assert run["Setenv"]["MPD_GALLERY_PUBLIC_KEY_PEM"] == "{configuration:/gallery/public_key_pem}"
-        assert "Startup" not in lifecycle
+        install = manifest["Lifecycle"]["Install"]
+        assert install["Skipif"] == "exists {work:path}/venv-1.0.11/.mpd-runtime-installed"
+        assert "{work:path}/venv-1.0.11" in install["Script"]
+    models = packaging.render_models_recipe("1.0.22", "mpd-artifacts-test", "gg")
+    [manifest] = models["Manifests"]
+    assert manifest["Platform"] == {"os": "linux"} and "Lifecycle" not in manifest
+    assert manifest["Artifacts"][0]["Permission"]["Read"] == "ALL"  # the app component reads it
+
+
+def test_content_versions_are_stable_semver_within_the_nucleus_limits():
+    import hashlib
+
+    digest = hashlib.sha256(b"lock").hexdigest()
+    version = packaging.content_version(digest)
+    assert version == packaging.content_version(digest) != packaging.content_version(hashlib.sha256(b"x").hexdigest())
+    major, minor, patch = (int(part) for part in version.split("."))
+    assert (major, minor) == (1, 0) and 0 <= patch < 2**31
+    packaging.render_runtime_recipe(version, "mpd-artifacts-test")
+
+
+def test_download_plan_counts_only_components_whose_version_changed():
+    def release(app, runtime, models):
+        art = {"linux-x86_64": {"bytes": 60}, "linux-aarch64": {"bytes": 50}}
+        return {
+            "components": {
+                packaging.COMPONENT_NAME: {"version": app, "artifacts": {"all": {"bytes": 1}}},
+                packaging.RUNTIME_COMPONENT: {"version": runtime, "artifacts": art},
+                packaging.MODELS_COMPONENT: {"version": models, "artifacts": {"all": {"bytes": 10}}},
+            }
+        }
+
+    first = packaging.download_plan(None, release("1.0.0", "1.0.5", "1.0.7"))
+    assert first["linux-aarch64"]["bytes"] == 61 and first["linux-x86_64"]["bytes"] == 71
+    code_only = packaging.download_plan(release("1.0.0", "1.0.5", "1.0.7"), release("1.0.1", "1.0.5", "1.0.7"))
+    assert code_only["linux-aarch64"]["bytes"] == 1
+    bump = packaging.download_plan(release("1.0.1", "1.0.5", "1.0.7"), release("1.0.2", "1.0.6", "1.0.7"))
+    assert bump["linux-aarch64"]["bytes"] == 51
+    reasons = {c["component"]: c["reason"] for c in bump["linux-aarch64"]["components"]}
+    assert reasons[packaging.MODELS_COMPONENT] == "unchanged"
+    assert reasons[packaging.RUNTIME_COMPONENT] == "1.0.5 -> 1.0.6"
+
+
+def test_health_deadline_is_checked():
+    with pytest.raises(packaging.PackagingError, match="health deadline"):
+        packaging.render_recipe(VERSION, "mpd-artifacts-test", health_deadline_s=5)
 
 
 def test_default_configuration_is_strings_and_a_valid_device_configuration(recipe):
@@ -122,10 +181,10 @@ POLICY = [*DEFAULTS, "accessControl", "aws.greengrass.ipc.mqttproxy", f"{packagi
         ([*DEFAULTS, "recognition", "confirm_frames"], 3, "recognition/confirm_frames"),
         ([*DEFAULTS, "health_interval_s"], 60.0, "health_interval_s"),
         ([*LIFECYCLE, "Instal"], {"Script": "true"}, "'Instal' was unexpected"),
-        ([*LIFECYCLE, "Startup"], {"Script": "true"}, "Lifecycle"),
-        ([*LIFECYCLE, "Install", "Skipif"], "if exists /x", "Skipif"),
-        ([*LIFECYCLE, "Install", "Timeout"], "900", "Timeout"),
-        ([*LIFECYCLE, "Run", "RequiresPrivilege"], "yes", "RequiresPrivilege"),
+        ([*LIFECYCLE, "Run"], {"Script": "true"}, "Lifecycle"),
+        ([*LIFECYCLE, "Install"], {"Script": "true", "Skipif": "if exists /x"}, "Skipif"),
+        ([*LIFECYCLE, "Startup", "Timeout"], "900", "Timeout"),
+        ([*LIFECYCLE, "Startup", "RequiresPrivilege"], "yes", "RequiresPrivilege"),
         ([*ARTIFACT, "Unarchive"], "TAR", "Unarchive"),
         ([*ARTIFACT, "Permission", "Read"], "EVERYONE", "Read"),
         ([*ARTIFACT, "URI"], "https://example.org/mpd-edge.zip", "URI"),
@@ -157,6 +216,7 @@ def test_rendered_deployment_is_valid_pinned_and_rolls_back(deployment, tmp_path
     components = deployment["components"]
     assert components[packaging.COMPONENT_NAME]["componentVersion"] == VERSION
     assert {"aws.greengrass.Nucleus", "aws.greengrass.DiskSpooler"} <= set(components)
+    assert {packaging.RUNTIME_COMPONENT, packaging.MODELS_COMPONENT} <= set(components)  # all of ours, pinned
     spooler = json.loads(components["aws.greengrass.Nucleus"]["configurationUpdate"]["merge"])["mqtt"]["spooler"]
     assert spooler["storageType"] == "Disk" and spooler["pluginName"] == "aws.greengrass.DiskSpooler"
     assert deployment["deploymentPolicies"]["failureHandlingPolicy"] == "ROLLBACK"
@@ -209,9 +269,11 @@ def test_check_command_fails_on_a_broken_or_malformed_file(tmp_path, recipe):
     assert "malformed.json: not valid JSON" in result.output
 
 
-def test_package_refuses_an_unknown_platform(tmp_path):
-    with pytest.raises(packaging.PackagingError, match="unknown platform 'linux-armv7'"):
-        packaging.package("1.0.0", "linux-armv7", tmp_path, bucket="mpd-artifacts-test")
+def test_package_refuses_a_previous_release_that_is_not_one(tmp_path):
+    bad = tmp_path / "release.json"
+    bad.write_text("{}")
+    with pytest.raises(packaging.PackagingError, match="not a release.json"):
+        packaging.package("1.0.0", tmp_path / "out", bucket="mpd-artifacts-test", previous=bad)
 
 
 def test_package_puts_gallery_settings_into_the_deployment_and_checks_them(tmp_path):
@@ -228,7 +290,7 @@ def test_package_puts_gallery_settings_into_the_deployment_and_checks_them(tmp_p
     not_a_key = tmp_path / "key.pem"
     not_a_key.write_text("hello")
     with pytest.raises(packaging.PackagingError, match="gallery.public_key_pem"):
-        packaging.package("1.0.0", "linux-x86_64", tmp_path, bucket="mpd-artifacts-test", gallery_public_key=not_a_key)
+        packaging.package("1.0.0", tmp_path, bucket="mpd-artifacts-test", gallery_public_key=not_a_key)
 
 
 # Recipes as the public documentation writes them: the schema must accept what AWS publishes.

@@ -87,6 +87,7 @@ class FakeNucleusConnection:
         self.configuration = copy.deepcopy(configuration)
         self.subscriptions: list[_Operation] = []
         self.reports: list[model.ConfigurationValidityReport] = []
+        self.states: list[str] = []  # UpdateState requests, in order (the health gate's reports)
         self._report_arrived = threading.Event()
         self.fail_get_configuration: Exception | None = None
         self.closed = False
@@ -104,6 +105,9 @@ class FakeNucleusConnection:
 
     def new_send_configuration_validity_report(self) -> _Operation:
         return _Operation(self, "SendConfigurationValidityReport")
+
+    def new_update_state(self) -> _Operation:
+        return _Operation(self, "UpdateState")
 
     def close(self) -> concurrent.futures.Future:
         self.closed = True
@@ -132,6 +136,10 @@ class FakeNucleusConnection:
             self.reports.append(request.configuration_validity_report)
             self._report_arrived.set()
             return model.SendConfigurationValidityReportResponse()
+        if operation.name == "UpdateState":
+            assert isinstance(request, model.UpdateStateRequest)
+            self.states.append(request.state)
+            return model.UpdateStateResponse()
         raise AssertionError(f"unexpected operation {operation.name}")
 
     # --- the nucleus side: a deployment that merges configuration -------------------------

@@ -1,31 +1,52 @@
 #!/bin/sh
-# Offline install of the device app into a virtualenv, run by the component's Install step:
+# Offline install of the device's Python runtime, run by com.mpd.EdgeRuntime's Install step:
 #   sh install.sh ARTIFACT_DIR VENV_DIR
-# Everything comes from the wheels carried in the artifact (no network). The marker file
-# is written last, so an install cut short (power loss, timeout) is redone from scratch.
+# The artifact holds site-packages for this platform, prebuilt at packaging time and
+# compressed with xz (smaller than the wheels); it is unpacked into a fresh virtualenv with
+# no network and no pip. The marker is written last, so an install cut short (power loss,
+# timeout) is redone from scratch. Older venvs beyond the previous one are removed (a
+# rollback needs only the previous one).
 set -eu
 
 ARTIFACT_DIR=$1
 VENV=$2
 PYTHON=${MPD_PYTHON:-python3.11}
-MARKER="$VENV/.mpd-installed"
+MARKER="$VENV/.mpd-runtime-installed"
 
 if [ -f "$MARKER" ]; then
   exit 0
 fi
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
-  echo "mpd install: $PYTHON not found; the wheels are built for CPython 3.11 (apt-get install python3.11 python3.11-venv)" >&2
+  echo "mpd install: $PYTHON not found; the runtime is built for CPython 3.11 (apt-get install python3.11 python3.11-venv)" >&2
   exit 1
 fi
-# Only the artifact's wheels: ignore any pip configuration the device happens to have.
-export PIP_CONFIG_FILE=/dev/null
-unset PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS PIP_CONSTRAINT PIP_REQUIREMENT
 rm -rf "$VENV"
-"$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --no-index --no-cache-dir --disable-pip-version-check \
-  --find-links "$ARTIFACT_DIR/wheels" --require-hashes -r "$ARTIFACT_DIR/requirements.lock"
-"$VENV/bin/python" -m pip install --quiet --no-index --no-cache-dir --disable-pip-version-check \
-  --no-deps "$ARTIFACT_DIR"/wheels/missing_person_alerts-*.whl
-"$VENV/bin/mpd" --help >/dev/null
-cp "$ARTIFACT_DIR/BUILD-INFO.json" "$MARKER"
+"$PYTHON" -m venv --without-pip "$VENV"
+"$VENV/bin/python" - "$ARTIFACT_DIR" <<'PY'
+import hashlib, json, sys, sysconfig, tarfile
+from pathlib import Path
+
+artifact = Path(sys.argv[1])
+info = json.loads((artifact / "RUNTIME-INFO.json").read_text())
+archive = artifact / info["archive"]
+digest = hashlib.sha256()
+with open(archive, "rb") as handle:
+    while block := handle.read(1 << 20):
+        digest.update(block)
+if digest.hexdigest() != info["archive_sha256"]:
+    sys.exit(f"mpd install: {archive} has sha256 {digest.hexdigest()}, expected {info['archive_sha256']}")
+site = Path(sysconfig.get_paths()["purelib"])
+with tarfile.open(archive, "r:xz") as tar:
+    for member in tar.getmembers():
+        if member.name.startswith("/") or ".." in Path(member.name).parts or not (member.isfile() or member.isdir() or member.issym()):
+            sys.exit(f"mpd install: unexpected entry {member.name!r} in {archive}")
+    tar.extractall(site, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+PY
+# The runtime must import on this device (glibc, CPU) before it counts as installed.
+"$VENV/bin/python" -c "import cv2, numpy, awscrt, awsiot, pydantic, cryptography, hnswlib, yaml" 
+cp "$ARTIFACT_DIR/RUNTIME-INFO.json" "$MARKER"
 sync
+# Keep this venv and the most recent other one; remove the rest.
+ls -1dt "$(dirname "$VENV")"/venv-* 2>/dev/null | grep -vx "$VENV" | tail -n +2 | while read -r old; do
+  rm -rf "$old"
+done
