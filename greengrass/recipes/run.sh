@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The application component's Startup step (greengrass/recipes/edge-component.yaml).
-# Environment (from the recipe): MPD_RUNTIME_VENV, MPD_MODEL_DIR, MPD_APP_DIR, MPD_STATE_DIR,
+# Environment (from the recipe): MPD_RUNTIME_VENV, MPD_PYLIBS_DIR, MPD_MODEL_DIR, MPD_APP_DIR, MPD_STATE_DIR,
 # MPD_RELEASE, MPD_HEALTH_DEADLINE_S and the gallery settings.
 #
 # 1. With a gallery installed, start the pipeline at once: its own sync agent fetches newer
@@ -20,7 +20,7 @@ STATE=${MPD_STATE_DIR:?}
 APP=${MPD_APP_DIR:?}
 RELEASE=${MPD_RELEASE:?}
 [ -x "$PY" ] || fail "the runtime at $MPD_RUNTIME_VENV is not installed (com.mpd.EdgeRuntime)"
-export PYTHONPATH="$APP/site"
+export PYTHONPATH="$APP/site:${MPD_PYLIBS_DIR:?}"
 export PYTHONPYCACHEPREFIX="$STATE/pycache"  # the artifact folder is read-only
 MPD=("$PY" -m mpd_cli)
 
