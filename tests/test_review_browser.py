@@ -156,9 +156,13 @@ def all_css(driver, selector: str):
 
 
 def log_in(driver, user: str, password: str = PASSWORD) -> None:
+    """Log in and wait for the answer: the page it leads to, or the refusal."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
     by_css(driver, "#username").send_keys(user)
     by_css(driver, "#password").send_keys(password)
     by_css(driver, "form.login button[type=submit]").click()
+    WebDriverWait(driver, 20).until(lambda d: "/login" not in d.current_url or all_css(d, ".flash-error"))
 
 
 def flashes(driver) -> list[str]:
