@@ -222,10 +222,12 @@ def bench_end_to_end(moto: MotoServer, broker: Mosquitto, pki: Pki, count: int) 
 
     echo.on_message = on_echo
     echo.connect(backend["host"], backend["port"])
-    echo.subscribe("bench/echo", qos=1)
+    # The broker's ACL lets a device publish only its own match and health topics, and the
+    # cloud read them: the baseline hop is the device's health topic, which no rule reads here.
+    echo.subscribe("mpd/dev-bench/health", qos=1)
     echo.loop_start()
 
-    device_settings = broker.client_settings(pki.device)
+    device_settings = broker.client_settings(pki.device_for("dev-bench"))  # CN = the device id (broker ACL)
     device = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-device")
     device.tls_set(ca_certs=device_settings["ca"], certfile=device_settings["cert"], keyfile=device_settings["key"])
     device.connect(device_settings["host"], device_settings["port"])
@@ -245,7 +247,7 @@ def bench_end_to_end(moto: MotoServer, broker: Mosquitto, pki: Pki, count: int) 
 
         token = uuid.uuid4().hex.encode().ljust(36)
         started = time.perf_counter()
-        device.publish("bench/echo", token + match.to_json().encode(), qos=1)
+        device.publish("mpd/dev-bench/health", token + match.to_json().encode(), qos=1)
         with arrived:
             arrived.wait_for(lambda t=token: t in echo_times, timeout=10)
         if n >= 5:
@@ -311,7 +313,7 @@ def bench_review(broker: Mosquitto, pki: Pki, count: int, workdir: Path, listed:
         on_decision=on_decision,
     )
     engine.start()
-    device_settings = broker.client_settings(pki.device)
+    device_settings = broker.client_settings(pki.device_for("dev-bench"))  # CN = the device id (broker ACL)
     device = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-review-device")
     device.tls_set(ca_certs=device_settings["ca"], certfile=device_settings["cert"], keyfile=device_settings["key"])
     device.connect(device_settings["host"], device_settings["port"])
