@@ -1,12 +1,16 @@
 """Cameras per device: one ``mpd edge run`` serving N cameras at 10 fps each, with and without
 motion gating, on a realistic mostly-empty scene.
 
-    .venv/bin/python benchmarks/bench_cameras.py [--cameras 8 12 16 20 24] [--repeats 3] [--out result.json]
+    .venv/bin/python benchmarks/bench_cameras.py [--cameras 8 12 16 20 24] [--repeats 3] [--synchronized] [--out result.json]
 
 The scene (generated with demo/scenes.py from the shared face photos): 30 s at 10 fps,
 640x480, an empty yard with a slow light change and sensor noise, one gallery member
-crossing it for 3 s (10% of the frames). Every camera plays that video paced at its own
+crossing it for 3 s (10% of the frames). Every camera plays such a video paced at its own
 rate (``--realtime``, like a camera: frames are dropped when the device falls behind).
+By default the cameras see the member at different times, as cameras at a site do: camera
+i plays the scene rotated so the member walks in at one of 10 moments spread over the 30 s
+(never across the end), so at any moment about a tenth of them see someone. ``--synchronized`` plays the same video on every camera (everyone appears on every
+camera at once: the worst case for motion gating).
 
 For each camera count the gated and the ungated run follow each other (the order
 alternates between repeats), so both see the same machine load; the load average is
@@ -17,7 +21,12 @@ recorded before and after every run. Prints one JSON document:
   seconds from the member's first visible frame to the confirming frame; median over
   cameras, then over repeats), first frame -> outbox latency, CPU cores used;
 - ``max_cameras_at_1pct_drop``: the largest camera count tried whose median drop is at most 1%;
-- ``time_to_confirm_gated_minus_ungated_s`` per camera count.
+- ``time_to_confirm_gated_minus_ungated_s`` per camera count;
+- ``cpu_per_frame``: the same cameras read losslessly (no pacing, nothing dropped), CPU
+  milliseconds the device spends per camera frame, gated and ungated, and from it the
+  cameras at 10 fps that ``cpu_count`` cores can serve. CPU time, unlike drops, hardly
+  depends on what else runs on the machine, so this estimate holds on a shared machine;
+  the paced runs show what this machine delivered with its load at the time.
 
 Needs the shared face photos (../shared/data/faces). The machine may be shared: medians,
 side-by-side comparisons and the recorded load averages are the figures to trust.
@@ -65,23 +74,61 @@ def build_bundle(models: FaceModels, out: Path) -> Path:
     return out
 
 
-def mostly_empty_scene(models: FaceModels, out: Path) -> tuple[Path, int]:
-    """The scene and the member's first visible frame."""
+SHIFTS = 10  # distinct rotations of the scene
+
+
+def mostly_empty_scenes(models: FaceModels, work: Path) -> list[tuple[Path, int]]:
+    """The scene rotated ``SHIFTS`` ways: (video, the member's first visible frame) each."""
+    import cv2
+
+    out = work / "scene-0.avi"
     actors = [walk(photos(MEMBER)[-1], MEMBER, 13.0, 3.0, face_px=(90, 110), light=(0.9, 1.1))]
     truth = make_scene(actors, out, seconds=SECONDS, fps=FPS, models=models, seed=11, light_wave=0.2)
     first, last = truth.appearances()[MEMBER]
-    return out, first
+    reader = cv2.VideoCapture(str(out))
+    frames = []
+    while (item := reader.read())[0]:
+        frames.append(item[1])
+    reader.release()
+    scenes = []
+    room = len(frames) - (last - first) - 10  # where the walk can start without wrapping
+    for shift in range(SHIFTS):
+        target = 5 + shift * room // SHIFTS
+        offset = 0 if shift == 0 else first - target  # new frame j is old frame (j + offset) mod n
+        path = work / f"scene-{shift}.avi"
+        if shift:
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (640, 480))
+            for frame in frames[offset:] + frames[:offset]:
+                writer.write(frame)
+            writer.release()
+        scenes.append((path, first if shift == 0 else target))
+    return scenes
 
 
-def run(bundle: Path, scene: Path, cameras: int, gated: bool, work: Path) -> dict:
+def run(
+    bundle: Path, scenes: list[Path], gated: bool, work: Path, realtime: bool = True, max_frames: int | None = None
+) -> dict:
+    cameras = len(scenes)
     config = work / f"edge-{cameras}-{gated}.json"
     config.write_text(json.dumps({
         "device_id": "bench", "publisher": "file", "file_path": str(work / "events.jsonl"),
         "outbox": {"path": str(work / f"outbox-{cameras}-{gated}" / "o.sqlite3")},
         "health_interval_s": 3600, "motion": {"enabled": gated},
     }))  # fmt: skip
-    command = [sys.executable, "-m", "mpd_cli", "edge", "run", "--bundle", str(bundle), "--allow-unsigned",
-               "--config", str(config), "--realtime"] + [arg for _ in range(cameras) for arg in ("--source", str(scene))]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "mpd_cli",
+        "edge",
+        "run",
+        "--bundle",
+        str(bundle),
+        "--allow-unsigned",
+        "--config",
+        str(config),
+    ] + (["--realtime"] if realtime else [])
+    command += [arg for scene in scenes for arg in ("--source", str(scene))]
+    command += ["--max-frames", str(max_frames)] if max_frames else []
     load_before = os.getloadavg()
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
@@ -96,13 +143,17 @@ def run(bundle: Path, scene: Path, cameras: int, gated: bool, work: Path) -> dic
             "load_after": os.getloadavg()}  # fmt: skip
 
 
-def figures(result: dict, first_visible: int, cameras: int) -> dict:
+def figures(result: dict, first_visible: list[int]) -> dict:
+    """``first_visible[i]``: the member's first visible frame on camera ``cam{i}``."""
     summary = result["summary"]
+    cameras = len(first_visible)
     confirmed = {}
     for event in summary["confirmed_at"]:
         if event["person_id"] == MEMBER:
             confirmed.setdefault(event["camera_id"], event)
-    to_confirm = [(e["confirm_frame"] - first_visible) / FPS for e in confirmed.values()]
+    to_confirm = [
+        (e["confirm_frame"] - first_visible[int(camera.removeprefix("cam"))]) / FPS for camera, e in confirmed.items()
+    ]
     return {
         "frames_read": summary["frames_read"],
         "dropped_pct": round(100 * summary["frames_dropped"] / max(1, summary["frames_read"]), 2),
@@ -129,6 +180,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cameras", type=int, nargs="+", default=[8, 12, 16, 20, 24])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--synchronized", action="store_true", help="the same video on every camera")
+    parser.add_argument("--cpu-cameras", type=int, default=4, help="cameras in the lossless CPU-per-frame runs")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if not (FACES / "gallery").is_dir():
@@ -137,18 +190,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-cameras-") as tmp:
         work = Path(tmp)
         bundle = build_bundle(models, work / "bundle")
-        scene, first_visible = mostly_empty_scene(models, work / "scene.avi")
+        scenes = mostly_empty_scenes(models, work)
         runs: dict[int, dict[str, list[dict]]] = {n: {"gated": [], "ungated": []} for n in args.cameras}
+        cpu: dict[str, list[float]] = {"gated": [], "ungated": []}
+        lossless = [scenes[0 if args.synchronized else i % SHIFTS][0] for i in range(args.cpu_cameras)]
         for repeat in range(args.repeats):
+            for gated in [True, False] if repeat % 2 == 0 else [False, True]:
+                # Start-up (models, gallery) is not per-frame work: a 1-frame run measures it.
+                startup = run(bundle, lossless, gated, work, realtime=False, max_frames=1)
+                result = run(bundle, lossless, gated, work, realtime=False)
+                frames = result["summary"]["frames_processed"] - startup["summary"]["frames_processed"]
+                cpu_s = result["cpu_cores"] * result["wall_s"] - startup["cpu_cores"] * startup["wall_s"]
+                cpu_ms = 1000 * cpu_s / max(1, frames)
+                cpu["gated" if gated else "ungated"].append(round(cpu_ms, 2))
+                print(json.dumps({"repeat": repeat, "gated": gated, "lossless_frames": frames,
+                                  "cpu_ms_per_frame": round(cpu_ms, 2), "load": os.getloadavg()}),
+                      file=sys.stderr, flush=True)  # fmt: skip
             for cameras in args.cameras:
                 order = [True, False] if (repeat + cameras) % 2 == 0 else [False, True]
+                chosen = [scenes[0 if args.synchronized else i % SHIFTS] for i in range(cameras)]
                 for gated in order:
-                    result = run(bundle, scene, cameras, gated, work)
-                    row = figures(result, first_visible, cameras)
+                    result = run(bundle, [path for path, _ in chosen], gated, work)
+                    row = figures(result, [first for _, first in chosen])
                     runs[cameras]["gated" if gated else "ungated"].append(row)
                     print(json.dumps({"repeat": repeat, "gated": gated, **row}), file=sys.stderr, flush=True)
     report = {"scene": {"seconds": SECONDS, "fps": FPS, "size": [640, 480], "member_visible_pct": 10,
-                        "first_visible_frame": first_visible}, "cpu_count": os.cpu_count(), "by_cameras": {}}  # fmt: skip
+                        "synchronized": args.synchronized}, "cpu_count": os.cpu_count(), "by_cameras": {}}  # fmt: skip
     best = {"gated": 0, "ungated": 0}
     for cameras, modes in runs.items():
         entry = {}
@@ -170,6 +237,14 @@ def main() -> None:
         )
         report["by_cameras"][str(cameras)] = entry
     report["max_cameras_at_1pct_drop"] = best
+    report["cpu_per_frame"] = {}
+    for mode, values in cpu.items():
+        per_frame = statistics.median(values)
+        report["cpu_per_frame"][mode] = {
+            "cpu_ms_per_frame_median": round(per_frame, 2),
+            "runs": values,
+            "cameras_at_10fps_estimate": round(os.cpu_count() * 1000 / (per_frame * FPS), 1),
+        }
     text = json.dumps(report, indent=1)
     if args.out:
         args.out.write_text(text)
