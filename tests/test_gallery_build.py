@@ -97,7 +97,10 @@ def test_incremental_build_delta_and_device_identification(faces_dir, models, ke
     publish(str(out), str(root))
     fetched = []
     real_download = device.source.download
-    device.source.download = lambda relpath, dest, size: (fetched.append(relpath), real_download(relpath, dest, size))
+    device.source.download = lambda relpath, dest, size, **kw: (
+        fetched.append(relpath),
+        real_download(relpath, dest, size, **kw),
+    )
     assert device.sync_once().version == second.version
     assert fetched and all("/delta/" in path for path in fetched)
     from edge_app.gallery.gallery import Gallery
