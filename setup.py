@@ -59,8 +59,10 @@ DEV = [
     "moto[server]>=5.0,<6",
     "cfn-lint>=1.0,<2",
     "ruff>=0.6",
-    # Tail fits (generalised Pareto) for the threshold calibration: benchmarks/accuracy.py.
+    # Tail fits and confidence bounds for the threshold calibration: benchmarks/calibrate.py.
     "scipy>=1.11,<2",
+    # The identification-at-scale plot (benchmarks/identification_at_scale.py, docs/).
+    "matplotlib>=3.8,<4",
     # The review page in a real browser: Debian's chromium + chromium-driver (apt).
     "selenium>=4.25,<5",
 ]
@@ -76,7 +78,7 @@ setup(
     package_data={
         "greengrass": ["*.yaml", "*.json", "recipes/*", "schema/*"],
         "sync_service": ["**/*.json", "review/templates/*.html", "review/static/*.css"],
-        "models": ["*.json"],  # impostor_tail.json: the threshold calibration
+        "models": ["*.json", "*.npz"],  # impostor_tail.json, cohort.npz: the threshold calibration
     },
     install_requires=DEVICE + LARGE_GALLERY + GREENGRASS,
     extras_require={

@@ -79,13 +79,13 @@ def photos(identity: str) -> list[Path]:
 
 def build_bundles(models: FaceModels, work: Path) -> tuple[Path, Path]:
     """The enrolled members (all photos but the last, at most 3), and the same plus 25k filler."""
-    from sync_service.gallery.enrol import build_gallery
+    from sync_service.gallery.enrol import build_gallery, score_spec
 
     people = {m: photos(m)[:-1][:3] for m in MEMBERS}
     vectors, labels, persons, _ = build_gallery(models, people, {}, progress=False)
     fields = {"detector": ModelRef(**models.detector_ref), "embedder": ModelRef(**models.embedder_ref)}
     small = write_bundle(
-        work / "members", manifest_fields={"gallery_version": "bench-members", **fields},
+        work / "members", manifest_fields={"gallery_version": "bench-members", "score": score_spec(len(persons)), **fields},
         vectors=vectors, labels=labels, persons=persons,
     )  # fmt: skip
     filler_count = 25_000 - len(persons)
@@ -95,7 +95,7 @@ def build_bundles(models: FaceModels, work: Path) -> tuple[Path, Path]:
     filler_ids = [f"filler-{i:05d}" for i in range(filler_count)]
     write_bundle(
         work / "members-25k",
-        manifest_fields={"gallery_version": "bench-25k", **fields},
+        manifest_fields={"gallery_version": "bench-25k", "score": score_spec(25_000), **fields},
         vectors=np.concatenate([vectors, filler]),
         labels=labels + filler_ids,
         persons=persons + [PersonRow(person_id=p, display_name="filler", source="synthetic") for p in filler_ids],

@@ -156,12 +156,11 @@ def contact_sheet(video: Path, gallery_dir: Path, public_key: Path, out: Path, t
     from edge_app.gallery.gallery import Gallery
     from edge_app.gallery.install import GalleryDir, load_public_key
     from models.recognizer import FaceModels
-    from models.thresholds import threshold_for_gallery
 
     models = FaceModels.load()
     gallery = Gallery.from_bundle(GalleryDir(gallery_dir, load_public_key(public_key)).load())
     if threshold is None:
-        threshold = threshold_for_gallery(len(gallery))
+        threshold = gallery.threshold
     capture = cv2.VideoCapture(str(video))
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     tiles = []

@@ -15,6 +15,7 @@ import numpy as np
 from models import weights
 from models.faces import Face
 from models.quality import DEFAULT_POLICY, QualityPolicy, assess
+from models.scoring import template_vector
 from models.weights import ModelFileError
 
 __all__ = ["FaceModels", "ModelFileError"]
@@ -155,6 +156,13 @@ class FaceModels:
     def embed(self, image: np.ndarray, face: Face) -> np.ndarray:
         """128-d float32 L2-normalised embedding of ``face`` (cosine = dot product)."""
         return self.embed_aligned(self.align(image, face))
+
+    def embed_template(self, image: np.ndarray, face: Face) -> np.ndarray:
+        """A gallery photo's template: the face and its mirror image embedded and averaged
+        (models.scoring.template_vector). Twice the embedding cost, paid once in the builder;
+        probes on the device are embedded once (``embed``)."""
+        aligned = self.align(image, face)
+        return template_vector(self.embed_aligned(aligned), self.embed_aligned(cv2.flip(aligned, 1)))
 
 
 def as_bgr(image: np.ndarray) -> np.ndarray:

@@ -61,7 +61,7 @@ def stranger_photo(faces_dir: Path, identity: str) -> Path:
 
 def build_bundle(faces_dir: Path, out: Path, members: list[str] = MEMBERS, version: str = "test-1") -> Path:
     """Enrol up to ENROL_PHOTOS photos (never the last) of each member into a bundle at ``out``."""
-    from sync_service.gallery.enrol import build_gallery
+    from sync_service.gallery.enrol import build_gallery, score_spec
 
     models = face_models()
     people = {m: photos(faces_dir, m)[:-1][:ENROL_PHOTOS] for m in members}
@@ -75,6 +75,7 @@ def build_bundle(faces_dir: Path, out: Path, members: list[str] = MEMBERS, versi
             "gallery_version": version,
             "detector": ModelRef(**models.detector_ref),
             "embedder": ModelRef(**models.embedder_ref),
+            "score": score_spec(len(persons)),
         },
         vectors=vectors,
         labels=labels,

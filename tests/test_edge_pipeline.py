@@ -18,6 +18,7 @@ from edge_app.pipeline.frame_loop import FrameProcessor
 from edge_app.pipeline.runner import EdgeRunner
 from edge_app.publishers.local import FilePublisher
 from models.thresholds import DEFAULT_THRESHOLD, threshold_for_gallery
+from sync_service.gallery.enrol import score_spec
 from tests.test_edge_fixtures import MEMBERS, TEST_THRESHOLD, build_bundle, cached_scene, face_models
 
 FPS = 15
@@ -95,6 +96,7 @@ def random_gallery(persons: int, version: str) -> Gallery:
         {pid: PersonRow(person_id=pid) for pid in ids},
         version=version,
         embedder=ModelRef(id="sface", sha256="0" * 64),
+        score=score_spec(persons),
     )
 
 

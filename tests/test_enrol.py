@@ -1,4 +1,4 @@
-"""Enrolment: subject choice in multi-face photos, templates, the no-face report, and
+"""Enrolment: subject choice in multi-face photos, templates, the no-face and poor-photo report, and
 ``mpd gallery build --photos`` end to end on real photos (read in place; test folders
 hold symlinks to them, never copies)."""
 
@@ -16,6 +16,7 @@ from edge_app.gallery.gallery import Gallery
 from models.faces import Face
 from models.images import load_image
 from models.recognizer import FaceModels
+from models.thresholds import threshold_for_gallery
 from sync_service.gallery.cli import gallery_group
 from sync_service.gallery.enrol import Candidate, choose_subject, enrol_person, templates
 
@@ -97,6 +98,16 @@ def test_unreadable_and_faceless_photos_are_reported_not_fatal(face_models, face
     assert statuses == ["no_face", "error", "ok"]
 
 
+def test_a_poor_photo_is_enrolled_with_the_gates_objection_and_a_mirror_averaged_template(face_models, faces_dir):
+    profile = faces_dir / "gallery" / "johnny_galecki" / "13.jpg"
+    (result,) = enrol_person(face_models, [profile])
+    assert result.status == "ok" and result.vector is not None and "turned sideways" in result.quality
+    image = load_image(profile)
+    (face,) = face_models.detect(image, thorough=True)
+    plain = face_models.embed(image, face)
+    assert 0.5 < float(plain @ result.vector) < 0.9999, "the template is the face and its mirror image averaged"
+
+
 @pytest.fixture(scope="module")
 def photo_tree(faces_dir, tmp_path_factory):
     """<person_id>/<photo> as symlinks to the shared photos, last photo of each held out."""
@@ -109,7 +120,10 @@ def photo_tree(faces_dir, tmp_path_factory):
             (root / person / photo.name).symlink_to(photo)
         held_out[person] = photos[-1]
     (root / "nobody_visible").mkdir()
-    (root / "nobody_visible" / "1.jpg").symlink_to(faces_dir / "noface" / "2.jpg")
+    (root / "nobody_visible" / "1.jpg").symlink_to(faces_dir / "noface" / "1.jpg")
+    # The only photo is a profile view (yaw 0.92) the quality gate refuses: enrolled anyway.
+    (root / "profile_only").mkdir()
+    (root / "profile_only" / "13.jpg").symlink_to(faces_dir / "gallery" / "johnny_galecki" / "13.jpg")
     (root / "matt_damon" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     persons = {"barack_obama": {"display_name": "B. Obama", "source": "test", "case_id": "MP-1"}}
     (root / "persons.json").write_text(json.dumps(persons))
@@ -128,14 +142,18 @@ def built_bundle(photo_tree, tmp_path_factory, face_models):
 def test_build_from_photos_writes_a_loadable_bundle_with_a_report(built_bundle, face_models):
     out, result = built_bundle
     summary = json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
-    assert summary["persons"] == 5 and summary["persons_enrolled"] == 4
-    assert summary["no_usable_face"] == 1 and summary["errors"] == 1
-    assert "nobody_visible/1.jpg" in result.stderr and "broken.jpg" in result.stderr
+    assert summary["persons"] == 6 and summary["persons_enrolled"] == 5
+    assert summary["no_usable_face"] == 1 and summary["errors"] == 1 and summary["poor_quality"] == 1
+    assert "no face found: " in result.stderr and "nobody_visible/1.jpg" in result.stderr
+    assert "broken.jpg" in result.stderr
+    assert "a better photo would help: " in result.stderr and "profile_only/13.jpg (turned sideways" in result.stderr
     contents = load_bundle(out)
     manifest = contents.manifest
     assert manifest.template == "mean" and manifest.search.engine == "exact" and manifest.search.reason
     assert manifest.embedder.sha256 == face_models.embedder_ref["sha256"]
-    assert manifest.counts == {"vectors": 4, "persons": 4}
+    assert manifest.counts == {"vectors": 5, "persons": 5} and "profile_only" in contents.persons
+    assert manifest.format_version == 2 and manifest.score.kind == "snorm"
+    assert manifest.score.threshold == threshold_for_gallery(5)
     assert contents.persons["barack_obama"].case_id == "MP-1"
     report = json.loads((out / "enrol_report.json").read_text())
     assert report["summary"]["face_rate"] == pytest.approx(summary["face_rate"])

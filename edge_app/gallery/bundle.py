@@ -13,6 +13,11 @@ A bundle is a directory:
 The cloud builder writes bundles with ``write_bundle``; the device reads them with
 ``load_bundle``, which refuses anything whose files, hashes or signature do not
 match. Keep this module light: no OpenCV, no cloud SDKs.
+
+Format versions: 1 has no ``score`` (raw cosine, the device picks the threshold for the
+gallery's size); 2 adds ``score`` (``ScoreSpec``: how a cosine becomes the score the
+threshold applies to, and the threshold the builder calibrated for this gallery).
+Devices load both; a device older than format 2 refuses a format-2 bundle by its version.
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = (1, 2)  # what devices running this code load
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 VECTORS = "vectors.npy"
@@ -65,6 +71,27 @@ class SearchSpec(BaseModel):
     reason: str = ""
 
 
+class ScoreSpec(BaseModel):
+    """How the device scores a face against a gallery row, and the threshold for this gallery.
+
+    ``cosine``: the raw cosine. ``snorm``: cosine normalised against the calibration cohort
+    named by ``cohort`` (models/scoring.py), on the cosine scale. ``threshold``: what the
+    builder calibrated for this gallery's persons (models.thresholds.threshold_for_gallery);
+    None lets the device pick it for the gallery's size. A device configuration overrides it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["cosine", "snorm"] = "cosine"
+    cohort: str = Field(default="", max_length=64)
+    threshold: float | None = Field(default=None, ge=-1.0, le=2.0)
+
+    @model_validator(mode="after")
+    def _normalised_names_its_cohort(self) -> ScoreSpec:
+        if self.kind == "snorm" and not self.cohort:
+            raise ValueError("a normalised score (snorm) must name its cohort")
+        return self
+
+
 class PersonRow(BaseModel):
     """No more personal data than an alert needs (DESIGN.md)."""
 
@@ -78,7 +105,7 @@ class PersonRow(BaseModel):
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    format_version: Literal[1] = FORMAT_VERSION
+    format_version: Literal[1, 2] = FORMAT_VERSION
     kind: Literal["full", "delta"] = "full"
     gallery_version: str = Field(min_length=1, max_length=64)
     base_version: str | None = None  # delta bundles only
@@ -89,9 +116,16 @@ class Manifest(BaseModel):
     dimension: int = Field(gt=0)
     template: Literal["per_photo", "mean"] = "per_photo"
     search: SearchSpec = Field(default_factory=SearchSpec)
+    score: ScoreSpec = Field(default_factory=ScoreSpec)
     counts: dict[str, int] = Field(default_factory=dict)
     files: dict[str, FileEntry]
     notes: dict[str, object] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _score_needs_format_2(self) -> Manifest:
+        if self.format_version == 1 and self.score != ScoreSpec():
+            raise ValueError("format_version 1 has no score specification; use format 2")
+        return self
 
     def embedder_compatible(self, other: ModelRef) -> bool:
         return self.embedder.id == other.id and self.embedder.sha256 == other.sha256

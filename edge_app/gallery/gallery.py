@@ -3,6 +3,11 @@
 Built from a verified bundle (``edge_app.gallery.bundle.load_bundle``). A frame can
 hold several faces, so search takes a batch of query vectors at once. With a
 per-photo template one person has several rows; results are per person (best row).
+
+A bundle's ``score`` says how a face is scored against a row: raw cosine, or cosine
+normalised against the calibration cohort (models/scoring.py; the row statistics are
+computed here, once per gallery). ``Match.similarity`` is that score, the value the
+threshold (``Gallery.threshold``) applies to.
 """
 
 from __future__ import annotations
@@ -11,16 +16,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_app.gallery.bundle import HNSW_INDEX, BundleContents, BundleError, ModelRef, PersonRow, SearchSpec
+from edge_app.gallery.bundle import (
+    HNSW_INDEX,
+    BundleContents,
+    BundleError,
+    ModelRef,
+    PersonRow,
+    ScoreSpec,
+    SearchSpec,
+)
 from edge_app.gallery.search import SearchEngine, build_search, choose_search
+from models.scoring import CohortError, SNorm, cohort_for
+from models.thresholds import threshold_for_gallery
 
 
 @dataclass(frozen=True)
 class Match:
-    """One gallery person for one query: the best similarity over that person's rows."""
+    """One gallery person for one query: the best score over that person's rows."""
 
     person_id: str
-    similarity: float
+    similarity: float  # the score the threshold applies to (normalised when the bundle says so)
 
 
 class Gallery:
@@ -34,6 +49,7 @@ class Gallery:
         embedder: ModelRef,
         search: SearchSpec | None = None,
         engine: SearchEngine | None = None,
+        score: ScoreSpec | None = None,
     ):
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[0] != len(labels):
@@ -54,6 +70,18 @@ class Gallery:
             counts[label] = counts.get(label, 0) + 1
         # Enough rows to still hold k distinct persons after merging one person's rows.
         self._rows_per_person = max(counts.values(), default=1)
+        self.score = score or ScoreSpec()
+        self._norm = None
+        if self.score.kind == "snorm":
+            try:
+                self._norm = SNorm(cohort_for(self.score.cohort), vectors)
+            except CohortError as error:
+                raise BundleError(f"gallery {version}: {error}") from None
+        self.threshold = (
+            self.score.threshold
+            if self.score.threshold is not None
+            else threshold_for_gallery(len(self.persons), score=self.score.kind)
+        )
 
     @classmethod
     def from_bundle(cls, contents: BundleContents) -> Gallery:
@@ -73,6 +101,7 @@ class Gallery:
             embedder=manifest.embedder,
             search=manifest.search,
             engine=engine,
+            score=manifest.score,
         )
 
     @property
@@ -99,7 +128,8 @@ class Gallery:
             queries = queries[None, :]
         if len(queries) == 0 or self.size == 0:
             return [[] for _ in range(len(queries))]
-        similarities, rows = self.engine.search(queries, k * self._rows_per_person)
+        rescore = self._norm.scores if self._norm is not None else None
+        similarities, rows = self.engine.search(queries, k * self._rows_per_person, rescore)
         results = []
         for query_similarities, query_rows in zip(similarities, rows, strict=True):
             matches: list[Match] = []

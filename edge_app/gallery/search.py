@@ -6,6 +6,10 @@
 
 ``choose_search`` picks one by gallery size; the choice and its parameters go into
 the bundle manifest (``SearchSpec``) so every device searches the same way.
+
+Both take an optional ``rescore`` (a gallery's score normalisation, models/scoring.py):
+exact search applies it to every row before choosing the top k; hnsw fetches the
+``RESCORE_CANDIDATES`` nearest rows by cosine and ranks those by the rescored value.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -32,13 +37,30 @@ EXACT_MAX_VECTORS = 50_000
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 100
 HNSW_EF_SEARCH = 800
+# Normalisation moves a row's score by a few hundredths against its cosine; the normalised
+# best is among the 64 nearest rows by cosine unless thousands of rows sit within that.
+RESCORE_CANDIDATES = 64
+
+# rescore(cosines [q, m], rows [q, m] or None for all rows in order, queries [q, d]) -> scores [q, m]
+Rescore = Callable[[np.ndarray, np.ndarray | None, np.ndarray], np.ndarray]
 
 
 class SearchEngine(Protocol):
     size: int
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` rows per query: (similarities [q, k] descending, row indices [q, k])."""
+    def search(self, queries: np.ndarray, k: int, rescore: Rescore | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` rows per query: (scores [q, k] descending, row indices [q, k])."""
+
+
+def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest per row, sorted descending: (scores, column indices)."""
+    if k < scores.shape[1]:
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        top = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    top_scores = np.take_along_axis(scores, top, axis=1)
+    order = np.argsort(-top_scores, axis=1, kind="stable")
+    return np.take_along_axis(top_scores, order, axis=1), np.take_along_axis(top, order, axis=1).astype(np.int64)
 
 
 def _as_queries(queries: np.ndarray, dimension: int) -> np.ndarray:
@@ -57,20 +79,16 @@ class ExactSearch:
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.size, self.dimension = self.vectors.shape
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, rescore: Rescore | None = None) -> tuple[np.ndarray, np.ndarray]:
         queries = _as_queries(queries, self.dimension)
         k = min(k, self.size)
         if k <= 0:
             empty = np.empty((len(queries), 0))
             return empty.astype(np.float32), empty.astype(np.int64)
         scores = queries @ self.vectors.T
-        if k < self.size:
-            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        else:
-            top = np.broadcast_to(np.arange(self.size), (len(queries), self.size))
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")
-        return np.take_along_axis(top_scores, order, axis=1), np.take_along_axis(top, order, axis=1).astype(np.int64)
+        if rescore is not None:
+            scores = rescore(scores, None, queries)
+        return _top_k(scores, k)
 
 
 class HnswSearch:
@@ -117,16 +135,21 @@ class HnswSearch:
             self.index.save_index(path)
             return Path(path).read_bytes()
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, rescore: Rescore | None = None) -> tuple[np.ndarray, np.ndarray]:
         queries = _as_queries(queries, self.dimension)
         k = min(k, self.size)
         if k <= 0:
             empty = np.empty((len(queries), 0))
             return empty.astype(np.float32), empty.astype(np.int64)
+        fetch = k if rescore is None else min(self.size, max(k, RESCORE_CANDIDATES))
         # hnswlib needs ef >= k to return k results.
-        self.index.set_ef(max(self.index.ef, k))
-        labels, distances = self.index.knn_query(queries, k=k, num_threads=1)
-        return (1.0 - distances).astype(np.float32), labels.astype(np.int64)
+        self.index.set_ef(max(self.index.ef, fetch))
+        labels, distances = self.index.knn_query(queries, k=fetch, num_threads=1)
+        similarities, rows = (1.0 - distances).astype(np.float32), labels.astype(np.int64)
+        if rescore is None:
+            return similarities, rows
+        scores, order = _top_k(rescore(similarities, rows, queries), k)
+        return scores, np.take_along_axis(rows, order, axis=1)
 
 
 def choose_search(size: int) -> SearchSpec:

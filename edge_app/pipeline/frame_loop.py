@@ -27,7 +27,6 @@ from edge_app.pipeline.motion import MotionGate
 from edge_app.pipeline.tracking import Confirmation, Tracker, vote_from_matches
 from models.faces import Face
 from models.quality import assess
-from models.thresholds import threshold_for_gallery
 
 log = logging.getLogger(__name__)
 
@@ -83,21 +82,17 @@ class FrameProcessor:
         self.counters = Counters()
         self.events: list[EventRecord] = []
         self.last_faces = 0
-        self._size_threshold: tuple[tuple[str, int], float] | None = None  # ((version, persons), threshold)
 
     def threshold(self, settings: RecognitionConfig | None = None, gallery: Gallery | None = None) -> float:
-        """The configured threshold, or (none configured) the one calibrated for the size of
-        ``gallery`` (default: the live one): the same false-match budget per stranger allows
-        a lower threshold for fewer persons. Cached per gallery, since galleries swap live."""
+        """The configured threshold, or (none configured) the gallery's own: the one its builder
+        calibrated for its number of persons (the same false-match budget per stranger allows a
+        lower threshold for fewer persons), so it follows a live gallery swap."""
         settings = settings or self.settings
         if settings.threshold is not None:
             return settings.threshold
         if gallery is None:  # not ``or``: an empty Gallery is falsy (len 0)
             gallery = self.live_gallery.current()
-        key = (gallery.version, len(gallery))
-        if self._size_threshold is None or self._size_threshold[0] != key:
-            self._size_threshold = (key, threshold_for_gallery(len(gallery)))
-        return self._size_threshold[1]
+        return gallery.threshold
 
     def tracker(self, camera_id: str) -> Tracker:
         tracker = self.trackers.get(camera_id)

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edge_app.gallery.bundle import SUPPORTED_FORMAT_VERSIONS
 from edge_app.gallery.pointer import DEFAULT_SCOPE, SCOPE_PATTERN
 
 CONFIG_ENV = "MPD_CYCLE_CONFIG"
@@ -75,7 +76,7 @@ class DeviceCapabilities(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format_versions: list[int] = Field(default_factory=lambda: [1])
+    format_versions: list[int] = Field(default_factory=lambda: list(SUPPORTED_FORMAT_VERSIONS))
     # The Greengrass artifact carries hnswlib for both platforms; set ["exact"] for a fleet
     # that runs an older artifact without it.
     search: list[Literal["exact", "hnsw"]] = Field(default_factory=lambda: ["exact", "hnsw"])

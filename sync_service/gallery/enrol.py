@@ -2,13 +2,23 @@
 
 Reusable pieces for any builder (the nightly store-based builder calls them too):
 
-- ``photo_candidates``: every usable face in one photo with its embedding.
+- ``photo_candidates``: every detected face in one photo with its template embedding
+  (face and mirror image averaged) and the quality gate's measures.
 - ``enrol_person``: choose the subject's face in each of a person's photos. A case
   photo may show family or bystanders: take the face consistent with the person's
   other photos, else the most central and largest; flag close calls as ambiguous.
 - ``templates``: the rows a person contributes to the gallery (``TEMPLATE``).
-- ``EnrolReport``: photos with no usable face (the 2018 system found a face in 94%
-  of NamUs photos), ambiguous choices and unreadable files.
+- ``score_spec``: how devices score the gallery and its calibrated threshold (the one
+  call a builder makes for a gallery's or a scope's threshold).
+- ``EnrolReport``: photos with no face at all (the 2018 system found a face in 94% of
+  NamUs photos), poor-quality photos enrolled anyway, ambiguous choices, unreadable files.
+
+**Everyone with a detectable face is enrolled.** For most missing persons the case photo
+is the only one there is, so the quality gate's verdict on it (sideways, blurred, low
+detector score) is reported, not enforced: the face is enrolled and the photo listed as
+poor so an operator can add a better one. Measured on 5,471 calibration photos: the 72
+subjects the gate would refuse attract no more strangers as templates than the others
+(docs/recognition.md), so they get the same threshold.
 """
 
 from __future__ import annotations
@@ -25,11 +35,14 @@ import click
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from edge_app.gallery.bundle import BundleError, ModelRef, PersonRow, write_bundle
+from edge_app.gallery.bundle import BundleError, ModelRef, PersonRow, ScoreSpec, write_bundle
 from edge_app.gallery.search import choose_search, index_files
 from models.faces import Face
 from models.images import ImageError, load_image
+from models.quality import DEFAULT_POLICY
 from models.recognizer import FaceModels
+from models.scoring import shipped_cohort
+from models.thresholds import calibrated_cohort_id, threshold_for_gallery
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +52,9 @@ log = logging.getLogger(__name__)
 # subsets of identities, median difference 0). One mean per person is kept: the
 # bundle and the search are smaller, and a stranger meets one row per person.
 TEMPLATE: Literal["per_photo", "mean"] = "mean"
+# What a cached photo embedding is: builders key their embedding caches with it, so a change
+# in how templates are made re-embeds instead of mixing old and new vectors.
+TEMPLATE_EMBEDDING = "flipmean1"
 # A face in a multi-face photo is "the person" if it resembles their other photos at
 # least this much, and clearly more than the next face (same-person cosines of SFace
 # are mostly above 0.4; different people mostly below 0.25 on the shared photos).
@@ -66,6 +82,7 @@ class PhotoResult:
     box: tuple[float, float, float, float] | None = None
     faces: int = 0
     reason: str = ""
+    quality: str = ""  # the quality gate's objections to the enrolled face ("" = none)
 
 
 @dataclass
@@ -73,19 +90,22 @@ class EnrolReport:
     photos: int = 0
     persons: int = 0
     persons_enrolled: int = 0
-    no_usable_face: list[dict] = field(default_factory=list)
+    no_usable_face: list[dict] = field(default_factory=list)  # no face detected at all
+    poor_quality: list[dict] = field(default_factory=list)  # enrolled; a better photo would help
     ambiguous: list[dict] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
 
     @property
     def face_rate(self) -> float:
-        """Share of readable photos where a usable face was enrolled."""
+        """Share of readable photos where a face was enrolled."""
         readable = self.photos - len(self.errors)
         return (readable - len(self.no_usable_face)) / readable if readable else 0.0
 
     def add(self, person_id: str, result: PhotoResult) -> None:
         self.photos += 1
         entry = {"person_id": person_id, "photo": result.photo, "faces": result.faces, "reason": result.reason}
+        if result.quality:
+            self.poor_quality.append({**entry, "reason": result.quality})
         if result.status == "no_face":
             self.no_usable_face.append(entry)
         elif result.status == "ambiguous":
@@ -99,6 +119,7 @@ class EnrolReport:
             "persons": self.persons,
             "persons_enrolled": self.persons_enrolled,
             "no_usable_face": len(self.no_usable_face),
+            "poor_quality": len(self.poor_quality),
             "ambiguous": len(self.ambiguous),
             "errors": len(self.errors),
             "face_rate": round(self.face_rate, 4),
@@ -109,10 +130,15 @@ class EnrolReport:
 
 
 def photo_candidates(models: FaceModels, image: np.ndarray) -> tuple[list[Candidate], list[Face]]:
-    """(usable faces with embeddings, all detected faces) for one photo."""
+    """(every detected face with its template embedding, the same faces) for one photo.
+
+    The gate runs for its measures and verdict (``face.quality``, ``face.rejected``), which
+    the report carries; it does not remove faces (see the module docstring). Only when the
+    photo also holds a confidently detected face are low-score detections (often not faces
+    at all) left out of the choice."""
     faces = models.gate(models.detect(image, thorough=True), image)
-    usable = [Candidate(face, models.embed(image, face)) for face in faces if face.rejected is None]
-    return usable, faces
+    confident = [face for face in faces if face.score >= DEFAULT_POLICY.min_score]
+    return [Candidate(face, models.embed_template(image, face)) for face in confident or faces], faces
 
 
 def layout_score(face: Face, width: int, height: int) -> float:
@@ -177,8 +203,7 @@ def enrol_person(models: FaceModels, photos: list[Path | str], images: dict | No
             results[name] = PhotoResult(name, "error", reason=f"{type(error).__name__}: {error}")
             continue
         if not usable:
-            reason = "no face found" if not faces else "; ".join(sorted({f.rejected for f in faces if f.rejected}))
-            results[name] = PhotoResult(name, "no_face", faces=len(faces), reason=reason)
+            results[name] = PhotoResult(name, "no_face", faces=0, reason="no face found")
             continue
         decoded[name] = (usable, faces, (image.shape[1], image.shape[0]))
     choices = choose_subjects([(usable, size) for usable, _, size in decoded.values()])
@@ -191,6 +216,7 @@ def enrol_person(models: FaceModels, photos: list[Path | str], images: dict | No
             box=tuple(round(v, 1) for v in chosen.face.box),
             faces=len(faces),
             reason=doubt or "",
+            quality=chosen.face.rejected or "",
         )
     return [results[str(photo)] for photo in photos]
 
@@ -201,6 +227,19 @@ def templates(vectors: list[np.ndarray], template: str = TEMPLATE) -> np.ndarray
     if template == "mean" and len(stacked):
         return _unit(stacked.mean(axis=0))[None, :]
     return stacked
+
+
+def score_spec(persons: int) -> ScoreSpec:
+    """How devices score a gallery of ``persons`` built with this code: S-norm against the
+    shipped cohort, with the threshold calibrated for that many persons (a scope's own size
+    for a regional gallery). Goes into the manifest as ``score``."""
+    cohort = shipped_cohort()
+    if cohort.id != calibrated_cohort_id():
+        raise BundleError(
+            f"models/cohort.npz ({cohort.id}) is not the cohort the threshold table was calibrated with "
+            f"({calibrated_cohort_id()}); rerun benchmarks/calibrate.py --write"
+        )
+    return ScoreSpec(kind="snorm", cohort=cohort.id, threshold=threshold_for_gallery(persons, score="snorm"))
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
@@ -311,6 +350,7 @@ def build_from_photos_command(photos_dir: Path, out_dir: Path) -> None:
                 "embedder": ModelRef(**models.embedder_ref),
                 "template": TEMPLATE,
                 "search": search,
+                "score": score_spec(len(persons)),
                 "notes": {"built_from": "photos", "enrolment": report.summary()},
             },
             vectors=vectors,
@@ -327,7 +367,9 @@ def build_from_photos_command(photos_dir: Path, out_dir: Path) -> None:
         json.dumps({"bundle": str(out_dir), "gallery_version": manifest.gallery_version, **report.summary()}),
     )
     for entry in report.no_usable_face:
-        click.echo(f"no usable face: {entry['photo']} ({entry['reason']})", err=True)
+        click.echo(f"no face found: {entry['photo']}", err=True)
+    for entry in report.poor_quality:
+        click.echo(f"enrolled, but a better photo would help: {entry['photo']} ({entry['reason']})", err=True)
     for entry in report.ambiguous:
         click.echo(f"ambiguous subject: {entry['photo']} ({entry['reason']})", err=True)
     for entry in report.errors:

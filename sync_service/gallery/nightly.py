@@ -41,6 +41,7 @@ from edge_app.gallery.pointer import DeltaRef, LatestPointer
 from edge_app.gallery.search import choose_search, index_files
 from sync_service.cycle.config import DEFAULT_SCOPE
 from sync_service.cycle.scopes import ScopeFilter, build_prefix
+from sync_service.gallery.enrol import score_spec
 from sync_service.gallery.publish import BUILD_RECORD_NAME, BUILD_ROOT, PublishError, copy_bundle
 from sync_service.store import LocalStore, Store, StoredCase, StoreError, open_store
 
@@ -63,10 +64,11 @@ LAMBDA_SAFETY_SECONDS = 120.0  # stop embedding this long before the Lambda dead
 class PhotoFaces:
     """The cached outcome of detecting and embedding one photo (by sha256)."""
 
-    vectors: np.ndarray  # float32 [k, d], usable faces only (k may be 0)
+    vectors: np.ndarray  # float32 [k, d], template embeddings of every detected face (k may be 0)
     boxes: np.ndarray  # float32 [k, 4]
     size: tuple[int, int]  # image width, height
     error: str = ""  # the photo could not be decoded (deterministic for its bytes)
+    flags: tuple[str, ...] = ()  # per face: the quality gate's objections ("" = none), for the report
 
 
 class EmbeddingCache:
@@ -74,7 +76,9 @@ class EmbeddingCache:
 
     def __init__(self, out: Store, embedder: ModelRef, dimension: int = 128) -> None:
         self.out = out
-        self.prefix = f"{CACHE_ROOT}{embedder.id}-{embedder.sha256[:16]}/"
+        from sync_service.gallery.enrol import TEMPLATE_EMBEDDING
+
+        self.prefix = f"{CACHE_ROOT}{embedder.id}-{embedder.sha256[:16]}-{TEMPLATE_EMBEDDING}/"
         self.dimension = dimension
         self.entries: dict[str, PhotoFaces] = {}
         self.pending: dict[str, PhotoFaces] = {}
@@ -140,26 +144,35 @@ def _write_chunk(entries: dict[str, PhotoFaces], dimension: int) -> bytes:
         errors=np.array([f.error[:500] for f in faces], dtype=str),
         vectors=np.concatenate([f.vectors.reshape(-1, dimension) for f in faces]).astype(np.float32),
         boxes=np.concatenate([f.boxes.reshape(-1, 4) for f in faces]).astype(np.float32),
+        flags=np.array([flag[:300] for f in faces for flag in _face_flags(f)], dtype=str),
     )
     return buffer.getvalue()
+
+
+def _face_flags(faces: PhotoFaces) -> tuple[str, ...]:
+    return faces.flags if len(faces.flags) == len(faces.vectors) else ("",) * len(faces.vectors)
 
 
 def _read_chunk(data: bytes) -> dict[str, PhotoFaces]:
     with np.load(io.BytesIO(data), allow_pickle=False) as chunk:
         shas, counts, sizes, errors = chunk["shas"], chunk["counts"], chunk["sizes"], chunk["errors"]
         vectors, boxes = chunk["vectors"], chunk["boxes"]
+        flags = chunk["flags"] if "flags" in chunk.files else np.full(len(vectors), "")
     ends = np.cumsum(counts)
     if len(ends) and ends[-1] != len(vectors):
         raise ValueError(f"chunk lists {ends[-1]} faces but holds {len(vectors)} vectors")
     out = {}
     for i, sha in enumerate(shas):
         start = ends[i] - counts[i]
-        out[str(sha)] = PhotoFaces(vectors[start : ends[i]], boxes[start : ends[i]], tuple(sizes[i]), str(errors[i]))
+        out[str(sha)] = PhotoFaces(
+            vectors[start : ends[i]], boxes[start : ends[i]], tuple(sizes[i]), str(errors[i]),
+            tuple(str(flag) for flag in flags[start : ends[i]]),
+        )  # fmt: skip
     return out
 
 
 def embed_photo_with(models) -> Callable[[bytes], PhotoFaces]:
-    """Detect and embed every usable face of one photo with the shared recognition models."""
+    """Detect every face of one photo and embed its template with the shared recognition models."""
     from models.images import ImageError, load_image
     from sync_service.gallery.enrol import photo_candidates
 
@@ -170,11 +183,12 @@ def embed_photo_with(models) -> Callable[[bytes], PhotoFaces]:
             return PhotoFaces(
                 np.zeros((0, models.dimension), np.float32), np.zeros((0, 4), np.float32), (0, 0), str(error)
             )
-        usable, _ = photo_candidates(models, image)
+        candidates, _ = photo_candidates(models, image)
         return PhotoFaces(
-            np.array([c.vector for c in usable], np.float32).reshape(-1, models.dimension),
-            np.array([c.face.box for c in usable], np.float32).reshape(-1, 4),
+            np.array([c.vector for c in candidates], np.float32).reshape(-1, models.dimension),
+            np.array([c.face.box for c in candidates], np.float32).reshape(-1, 4),
             (image.shape[1], image.shape[0]),
+            flags=tuple(c.face.rejected or "" for c in candidates),
         )
 
     return embed
@@ -182,8 +196,16 @@ def embed_photo_with(models) -> Callable[[bytes], PhotoFaces]:
 
 def person_vectors(photos: list[PhotoFaces], template: str, dimension: int) -> np.ndarray:
     """The subject's vector from each photo (``enrol``'s choice rule), then the template."""
+    from sync_service.gallery.enrol import templates
+
+    chosen = [photo.vectors[index] for photo, index in zip(photos, subject_choices(photos), strict=True) if index >= 0]
+    return templates(chosen, template) if chosen else np.zeros((0, dimension), np.float32)
+
+
+def subject_choices(photos: list[PhotoFaces]) -> list[int]:
+    """The subject's face index in each photo (``enrol``'s choice rule); -1 for a photo without faces."""
     from models.faces import Face
-    from sync_service.gallery.enrol import Candidate, choose_subjects, templates
+    from sync_service.gallery.enrol import Candidate, choose_subjects
 
     usable = [p for p in photos if len(p.vectors)]
     candidates = [
@@ -196,8 +218,8 @@ def person_vectors(photos: list[PhotoFaces], template: str, dimension: int) -> n
         )
         for photo in usable
     ]
-    chosen = [photo.vectors[index] for photo, (index, _) in zip(usable, choose_subjects(candidates), strict=True)]
-    return templates(chosen, template) if chosen else np.zeros((0, dimension), np.float32)
+    chosen = iter(index for index, _ in choose_subjects(candidates))
+    return [next(chosen) if len(photo.vectors) else -1 for photo in photos]
 
 
 @dataclass
@@ -210,6 +232,8 @@ class BuildResult:
     vectors: int = 0
     delta: dict | None = None
     skipped: list[str] = field(default_factory=list)
+    # Enrolled photos the quality gate objects to ("<case>/<photo>: reason"): add a better photo.
+    poor_quality: list[str] = field(default_factory=list)
     threshold: float | None = None  # calibrated for this gallery's person count
     error: str = ""
     scopes: dict[str, dict] = field(default_factory=dict)  # scope name -> scope_summary()
@@ -244,9 +268,9 @@ def version_time(version: str) -> datetime:
 
 def scope_threshold(persons: int) -> float:
     """The decision threshold calibrated for a gallery of ``persons`` (recorded in the manifest)."""
-    from models.thresholds import threshold_for_gallery
+    from sync_service.gallery.enrol import score_spec
 
-    return float(threshold_for_gallery(max(persons, 1)))
+    return float(score_spec(max(persons, 1)).threshold)
 
 
 def person_row(case: StoredCase) -> PersonRow:
@@ -302,8 +326,12 @@ class NightlyBuilder:
         groups: dict[str, np.ndarray] = {}
         rows: dict[str, PersonRow] = {}
         for case in cases:
-            faces = [self.cache.get(p.sha256) for p in sorted(case.photos, key=lambda p: p.key)]
-            vectors = person_vectors([f for f in faces if f is not None], TEMPLATE, self.models.dimension)
+            photos = [(p, self.cache.get(p.sha256)) for p in sorted(case.photos, key=lambda p: p.key)]
+            photos = [(p, f) for p, f in photos if f is not None]
+            vectors = person_vectors([f for _, f in photos], TEMPLATE, self.models.dimension)
+            for (photo, faces), index in zip(photos, subject_choices([f for _, f in photos]), strict=True):
+                if index >= 0 and _face_flags(faces)[index]:
+                    result.poor_quality.append(f"{photo.key}: {_face_flags(faces)[index]}")
             if len(vectors):
                 groups[case.record.key], rows[case.record.key] = vectors, person_row(case)
         now = now or datetime.now(UTC)
@@ -434,6 +462,7 @@ def write_build(
         "embedder": embedder,
         "template": template,
         "search": choose_search(len(gallery.labels)),
+        "score": score_spec(len(gallery.persons)),
         **({"notes": notes} if notes else {}),
     }
     record = LatestPointer(gallery_version=version, full=f"{version}/full/", embedder=embedder, published_at=now)
