@@ -297,3 +297,32 @@ def test_mpd_cloud_cycle_on_moto_with_the_key_in_secrets_manager(aws, faces_dir,
     assert any(k.startswith("build/gallery/cache/") for k in keys)
     device = SyncAgent("s3://mpd-gallery/published", tmp_path / "device", key.public_key())
     assert device.sync_once().version == report["build"]["scopes"]["all"]["version"]
+
+
+def test_a_cycle_started_while_another_runs_skips_on_moto_step_functions(aws, tmp_path, monkeypatch):
+    """The template's state machine on moto: the plan stage of a second execution sees the first still
+    running and skips (a first full crawl can outlast the night; two cycles never share a store)."""
+    import boto3
+    from cfnlint.decode import decode
+
+    from sync_service.cycle import handlers
+    from tests.test_template import TEMPLATE
+
+    machine = decode(str(TEMPLATE))[0]["Resources"]["CycleStateMachine"]["Properties"]
+    definition = json.dumps(machine["Definition"])
+    for name in machine["DefinitionSubstitutions"]:
+        definition = definition.replace("${" + name + "}", f"arn:aws:lambda:us-east-1:123456789012:function:{name}")
+    sfn = boto3.client("stepfunctions")
+    arn = sfn.create_state_machine(
+        name="mpd-cycle", definition=definition, roleArn="arn:aws:iam::123456789012:role/mpd-cycle"
+    )["stateMachineArn"]
+    first = sfn.start_execution(stateMachineArn=arn, name="night-1")["executionArn"]
+    second = sfn.start_execution(stateMachineArn=arn, name="night-2")["executionArn"]
+    monkeypatch.setenv("MPD_CYCLE_CONFIG", json.dumps({"store": str(tmp_path / "s"), "build": str(tmp_path / "b"), "published": str(tmp_path / "p")}))  # fmt: skip
+    monkeypatch.setattr(handlers, "_config", None)
+    event = {"step": "plan", "now": "2026-11-02T03:00:00Z", "run_id": "night-2", "state_machine": arn, "execution": second}  # fmt: skip
+    skipped = handlers.ingest_handler(event)
+    assert skipped["skip"] is True and "1 other cycle(s) still running" in skipped["reason"]
+    sfn.stop_execution(executionArn=first)
+    planned = handlers.ingest_handler(event)
+    assert planned["skip"] is False and [s["source"] for s in planned["sources"]] == ["namus", "fbi", "interpol"]

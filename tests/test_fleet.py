@@ -138,8 +138,16 @@ def test_health_lambda_on_moto_keeps_state_rejects_forgeries_and_the_check_count
         rule_event(report("site-1"), topic="mpd/site-9/health"),  # body claims another device
         {"payload": base64.b64encode(b"{not json").decode(), "topic": "mpd/site-3/health"},
     ]
-    batch = {"Records": [{"messageId": str(i), "body": json.dumps(e)} for i, e in enumerate(events)]}
-    batch["Records"].append({"messageId": "x", "body": "not json"})
+    # Through a real (moto) queue, as the IoT rule's SQS action and the event source mapping do.
+    import boto3
+
+    sqs = boto3.client("sqs")
+    queue = sqs.create_queue(QueueName="mpd-health")["QueueUrl"]
+    for body in [json.dumps(e) for e in events] + ["not json"]:
+        sqs.send_message(QueueUrl=queue, MessageBody=body)
+    received = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    batch = {"Records": [{"messageId": m["MessageId"], "body": m["Body"]} for m in received]}
+    assert len(batch["Records"]) == 5
     assert handler.health_handler(batch) == {"batchItemFailures": []}
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (metrics["HealthAccepted"], metrics["HealthRejected"]) == (2, 3)
