@@ -57,8 +57,15 @@ def test_problems_name_what_is_wrong_and_nothing_else():
     assert problems(busy_but_draining, NOW) == []
     assert problems(healthy, NOW + timedelta(hours=30)) == ["silent for 30.0h"]
     assert "gallery 2.4d old" in problems(healthy, NOW + timedelta(days=2, hours=1))
+    from edge_app.match_event import StorageHealth
+
+    full = report(sent=NOW + timedelta(minutes=10)).model_copy(
+        update={"storage": StorageHealth(state="full", free_bytes=0, reserve_bytes=10**8)}
+    )
+    assert problems(apply_report(healthy, full, NOW), NOW) == ["disk full"]
     late = apply_report(healthy, report(sent=NOW - timedelta(minutes=5), cameras={"gate": 0.0}), NOW)
-    assert late is healthy, "a report older than the state changes nothing"
+    assert late.cameras == healthy.cameras and late.received == 2, "a late report is counted, not applied"
+    assert apply_report(late, report(sent=NOW - timedelta(minutes=5)), NOW) is late, "a duplicate changes nothing"
 
 
 def test_camera_health_is_the_current_rate_not_a_lifetime_average():

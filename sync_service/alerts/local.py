@@ -142,7 +142,10 @@ class LocalRuleEngine:
                 reraise=True,
             ):
                 with attempt:
+                    started = time.perf_counter()
                     result = self.service.handle(event, LocalContext())
+                    # The handler's own time (one invocation), for `mpd cloud serve` output and benchmarks.
+                    result = {**result, "handler_ms": round((time.perf_counter() - started) * 1000, 2)}
         except Exception as error:
             log.exception("alert handler failed %d times", INVOKE_ATTEMPTS)
             result = {"decision": "error", "error": repr(error)[:300]}

@@ -41,6 +41,9 @@ class SourceSettings(BaseModel):
     timeout_s: float = Field(default=30.0, gt=0.0, le=300.0)
     retries: int = Field(default=4, ge=0, le=10)
     all_photo_categories: bool = False
+    # A dev source server on this machine (`mpd dev source-server`): off by default, because a
+    # public source's answer must never steer requests to loopback or private addresses.
+    allow_loopback: bool = False
 
     @field_validator("base_url")
     @classmethod

@@ -62,7 +62,12 @@ def make_ingest(source: str, settings: SourceSettings, store: Store, limiter=Non
     from sync_service.ingest.cli import DEFAULT_URLS
     from sync_service.sources import make_adapter
 
-    client = PoliteClient(settings.rate_limit, read_timeout=settings.timeout_s, max_attempts=settings.retries + 1)
+    client = PoliteClient(
+        settings.rate_limit,
+        read_timeout=settings.timeout_s,
+        max_attempts=settings.retries + 1,
+        allow_loopback=settings.allow_loopback or None,  # None: $MPD_SOURCES_ALLOW_LOOPBACK decides
+    )
     if limiter is not None:
         client.limiter = limiter  # the source's shared slots, not a private limiter
     adapter = make_adapter(source, settings.base_url or DEFAULT_URLS[source], client=client)

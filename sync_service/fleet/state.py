@@ -44,13 +44,24 @@ class DeviceState(BaseModel):
     outbox_history: list[int] = Field(default_factory=list)
     cameras: dict[str, CameraState] = Field(default_factory=dict)
     interval_s: float | None = None
-    reports: int = 0
+    storage: str = "ok"  # edge_app.match_event.StorageHealth: ok, low, full
+    reports: int = 0  # reports that updated the state (newest so far when they arrived)
+    received: int = 0  # distinct reports taken in, late ones too (duplicate deliveries are not counted)
+    recent: list[datetime] = Field(default_factory=list)  # sent_at of the last reports, to spot duplicates
+
+
+RECENT = 32  # QoS 1 and SQS deliver at least once: a copy of one of these is a duplicate
 
 
 def apply_report(state: DeviceState | None, report: HealthReport, received_at: datetime) -> DeviceState:
-    """Fold one report in. An older report arriving late (a queue redelivery) changes nothing."""
-    if state is not None and report.sent_at <= state.sent_at:
+    """Fold one report in. A duplicate delivery changes nothing; an older report arriving late
+    (a redelivery after a reconnect) is counted but does not overwrite newer state."""
+    if state is not None and report.sent_at in state.recent:
         return state
+    recent = ((state.recent if state else []) + [report.sent_at])[-RECENT:]
+    received = (state.received if state else 0) + 1
+    if state is not None and report.sent_at < state.sent_at:
+        return state.model_copy(update={"received": received, "recent": recent})
     if report.camera_health:
         cameras = {cid: CameraState(fps=c.fps, state=c.state) for cid, c in report.camera_health.items()}
     else:  # a device without per-camera figures (schema 1): its cameras share the device's rate
@@ -66,7 +77,10 @@ def apply_report(state: DeviceState | None, report: HealthReport, received_at: d
         outbox_history=history,
         cameras=cameras,
         interval_s=report.interval_s,
+        storage=report.storage.state if report.storage is not None else "ok",
         reports=(state.reports if state else 0) + 1,
+        received=received,
+        recent=recent,
     )
 
 
@@ -100,6 +114,8 @@ def problems(
             found.append(f"camera {camera_id} {camera.state if camera.state != 'up' else 'at 0 fps'}")
     if not state.cameras:
         found.append("no camera running")
+    if state.storage != "ok":
+        found.append(f"disk {state.storage}")
     if outbox_growing(state.outbox_history):
         found.append(f"outbox growing ({state.outbox_history[-3]} -> {state.outbox_depth})")
     age = version_age(state.gallery_version, now)
