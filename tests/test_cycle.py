@@ -9,6 +9,7 @@ download; the regional scope gets its own gallery, deltas and threshold.
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -326,3 +327,22 @@ def test_a_cycle_started_while_another_runs_skips_on_moto_step_functions(aws, tm
     sfn.stop_execution(executionArn=first)
     planned = handlers.ingest_handler(event)
     assert planned["skip"] is False and [s["source"] for s in planned["sources"]] == ["namus", "fbi", "interpol"]
+
+
+def test_the_scheduler_runs_a_cycle_at_each_simulated_night(monkeypatch, tmp_path):
+    """`mpd cloud serve --cycle-config --clock-speed`: nights at 03:00 UTC on a clock a day per second."""
+    from sync_service.cycle import runner
+
+    nights: list[datetime] = []
+    monkeypatch.setattr(runner, "run_cycle", lambda config, now, **kw: nights.append(now) or {"now": now.isoformat()})
+    config = parse_cycle_config(json.dumps({"store": str(tmp_path / "s"), "build": str(tmp_path / "b"), "published": str(tmp_path / "p")}), "test")  # fmt: skip
+    clock = runner.SimulatedClock(start=datetime(2026, 11, 1, 2, 0, tzinfo=UTC), speed=86400.0)
+    scheduler = runner.CycleScheduler(config, clock)
+    scheduler.start()
+    deadline = time.monotonic() + 10
+    while len(nights) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    scheduler.stop()
+    scheduler.join(5)
+    assert nights[:3] == [datetime(2026, 11, day, 3, 0, tzinfo=UTC) for day in (1, 2, 3)]
+    assert runner.next_run(datetime(2026, 11, 1, 3, 0, tzinfo=UTC), timedelta(hours=6)) == datetime(2026, 11, 1, 9, 0, tzinfo=UTC)  # fmt: skip
