@@ -51,6 +51,11 @@ CLOUD = [
     "apig-wsgi>=2.18,<3",
     "waitress>=3.0,<4",
     "argon2-cffi>=23.1,<26",
+    # Contacts a source gives (a case's investigating agency) are untrusted: phone numbers
+    # are normalised to E.164 and checked against Google's numbering plan (the lite build:
+    # no geocoder or carrier data), e-mail addresses by their RFC syntax.
+    "phonenumberslite>=9.0,<10",
+    "email-validator>=2.1,<3",
 ]
 DEMO = ["scikit-image>=0.24,<0.27"]
 DEV = [

@@ -16,6 +16,7 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from sync_service.alerts.sms import clean_text
+from sync_service.sources.records import AgencyContact
 
 if TYPE_CHECKING:
     from sync_service.sources.records import PersonRecord
@@ -39,6 +40,7 @@ class CaseDetails:
     link: str = ""
     resolved: bool = False
     fresh: bool = False  # True when the source API answered in time
+    agencies: tuple[AgencyContact, ...] = ()  # investigating agencies (contacts validated at parse)
 
 
 def case_link(source: str, case_id: str) -> str:
@@ -73,6 +75,15 @@ def details_from_record(record: PersonRecord, source: str, case_id: str) -> Case
         link=link,
         resolved=record.resolved,
         fresh=True,
+        agencies=clean_agencies(record.agencies),
+    )
+
+
+def clean_agencies(agencies: tuple[AgencyContact, ...] | list[AgencyContact]) -> tuple[AgencyContact, ...]:
+    """Agency names are source text on their way to a reviewer: cleaned like every other
+    field. Phone and e-mail were validated when the case was parsed (sources/contacts.py)."""
+    return tuple(
+        agency.model_copy(update={"name": clean_text(agency.name, 80) or "investigating agency"}) for agency in agencies
     )
 
 

@@ -111,6 +111,11 @@ class SiteSettings(BaseModel):
     reviewers: list[Recipient] = Field(default_factory=list, max_length=50)
     second_reviewers: list[Recipient] = Field(default_factory=list, max_length=50)
     responders: list[Recipient] = Field(default_factory=list, max_length=50)
+    # Opt in: the case's investigating agency, when the source gives a contact, is told as
+    # a responder (after a confirmation in ``before`` mode; at once and with the follow-up
+    # on a dismissal in ``after`` mode), on these channels, in the site's language.
+    notify_case_agency: bool = False
+    case_agency_channels: list[Literal["sms", "email"]] = Field(default_factory=lambda: ["sms", "email"], min_length=1)
 
     _zone = field_validator("timezone")(_known_zone)
 

