@@ -15,7 +15,8 @@ Prints one JSON document:
 - ``memory``: peak RSS of ``mpd edge run`` in a fresh process with a 25,000-person
   gallery (the real enrolled people plus random unit-vector filler), and its fps.
 - ``confirmation``: every gated face embedded on every frame of member and stranger
-  videos, then the real vote/confirm logic replayed for a grid of thresholds and
+  videos and fused into its track (the device searches the track's fused embedding),
+  then the real vote/confirm logic replayed for a grid of thresholds and
   (confirm_frames, confirm_window): stranger confirmations, wrong-person
   confirmations, and members confirmed within 1 s (15 frames).
 
@@ -47,7 +48,7 @@ from edge_app.gallery.bundle import ModelRef, PersonRow, load_bundle, write_bund
 from edge_app.gallery.gallery import Gallery  # noqa: E402
 from edge_app.gallery.live import LiveGallery  # noqa: E402
 from edge_app.pipeline.runner import EdgeRunner  # noqa: E402
-from edge_app.pipeline.tracking import Tracker, iou, vote_from_matches  # noqa: E402
+from edge_app.pipeline.tracking import Tracker, fuse_weight, iou, vote_from_matches  # noqa: E402
 from edge_app.publishers.local import FilePublisher  # noqa: E402
 from models.quality import assess  # noqa: E402
 from models.recognizer import FaceModels  # noqa: E402
@@ -296,8 +297,9 @@ def bench_memory(big_bundle: Path, video: Path, work: Path) -> dict:
 
 
 def record_votes(models, bundle: Path, videos: list) -> list[dict]:
-    """Every gated face on every frame embedded and searched, grouped into tracks with the
-    ground-truth identity (by box overlap)."""
+    """Every gated face on every frame embedded, fused into its track and the track's fused
+    embedding searched (as the device does), grouped into tracks with the ground-truth
+    identity (by box overlap)."""
     settings = load_config().recognition
     gallery = Gallery.from_bundle(load_bundle(bundle))
     tracks: dict[tuple[str, int], dict] = {}
@@ -313,7 +315,8 @@ def record_votes(models, bundle: Path, videos: list) -> list[dict]:
                     continue
                 vector = models.embed_aligned(aligned)
                 track.embedding = vector
-                matches = gallery.search(vector[None, :], k=2)[0]
+                fused = track.fuse(vector, fuse_weight(face.quality))
+                matches = gallery.search(fused[None, :], k=2)[0]
                 truth_ids = [b[0] for b in truth.boxes.get(index, []) if iou(tuple(b[1:]), face.box) > 0.3]
                 entry = tracks.setdefault((path.stem, track.track_id), {"frames": [], "truth": {}})
                 entry["frames"].append((index, [(m.person_id, m.similarity) for m in matches]))

@@ -44,6 +44,7 @@ class Actor:
     face_px: tuple[float, float] = (90.0, 120.0)  # face box height at entry and exit
     light: tuple[float, float] = (1.0, 1.0)  # brightness gain at entry and exit
     blur_px: float = 0.0  # motion blur length in the middle third of the walk (0 = sharp)
+    defocus_px: float = 0.0  # Gaussian blur (sigma, px at the drawn size) for the whole walk: focus, distance
 
 
 @dataclass
@@ -88,12 +89,13 @@ def walk(
     face_px: tuple[float, float] = (90.0, 120.0),
     light: tuple[float, float] = (1.0, 1.0),
     blur_px: float = 0.0,
+    defocus_px: float = 0.0,
 ) -> Actor:
     """An actor crossing the frame left to right (``direction=1``) or right to left (-1)."""
     start, end = (0.18, height), (0.82, height + 0.05)
     if direction < 0:
         start, end = end, start
-    return Actor(photo, identity, enter_s, enter_s + seconds, start, end, face_px, light, blur_px)
+    return Actor(photo, identity, enter_s, enter_s + seconds, start, end, face_px, light, blur_px, defocus_px)
 
 
 @dataclass
@@ -146,7 +148,15 @@ def _motion_blur(image: np.ndarray, length: float) -> np.ndarray:
     return cv2.filter2D(image, -1, kernel)
 
 
-def _paste(frame: np.ndarray, cutout: _Cutout, centre: tuple[float, float], face_px: float, gain: float, blur: float):
+def _paste(
+    frame: np.ndarray,
+    cutout: _Cutout,
+    centre: tuple[float, float],
+    face_px: float,
+    gain: float,
+    blur: float,
+    defocus: float = 0.0,
+):
     """Composite the cutout scaled so its face is ``face_px`` high; returns the face box drawn."""
     scale = face_px / cutout.face_box[3]
     size = max(8, int(round(cutout.image.shape[0] * scale)))
@@ -155,6 +165,8 @@ def _paste(frame: np.ndarray, cutout: _Cutout, centre: tuple[float, float], face
     image = np.clip(image.astype(np.float32) * gain, 0, 255)
     if blur > 0:
         image = _motion_blur(image, blur)
+    if defocus > 0:
+        image = cv2.GaussianBlur(image, (0, 0), defocus)
     fx, fy, fw, fh = (v * scale for v in cutout.face_box)
     # Place the cutout so the face centre lands on ``centre``.
     x0 = int(round(centre[0] - (fx + fw / 2)))
@@ -182,10 +194,12 @@ def make_scene(
     models=None,
     seed: int = 0,
     light_wave: float = 0.15,
+    jpeg_quality: int | None = None,
 ) -> SceneTruth:
     """Render ``actors`` over ``background`` into the video ``out``; returns the ground truth.
 
     ``light_wave``: amplitude of a slow whole-frame brightness change (clouds, lamps).
+    ``jpeg_quality``: each frame is JPEG-compressed at this quality first (a camera's encoder).
     ``models``: a loaded ``FaceModels`` (loaded here if None) used to find each photo's face.
     """
     from models.images import load_image
@@ -237,12 +251,16 @@ def make_scene(
                 face_px = actor.face_px[0] + u * (actor.face_px[1] - actor.face_px[0])
                 gain = actor.light[0] + u * (actor.light[1] - actor.light[0])
                 blur = actor.blur_px if 1 / 3 <= u < 2 / 3 else 0.0
-                box = _paste(frame, cutouts[str(actor.photo)], centre, face_px, gain, blur)
+                box = _paste(frame, cutouts[str(actor.photo)], centre, face_px, gain, blur, actor.defocus_px)
                 if box is not None:
                     truth.boxes.setdefault(index, []).append((actor.identity, *(round(v, 1) for v in box)))
             light = 1.0 + light_wave * np.sin(2 * np.pi * t / 7.0)
             noisy = frame.astype(np.float32) * light + rng.normal(0, 3, frame.shape).astype(np.float32)
-            writer.write(np.clip(noisy, 0, 255).astype(np.uint8))
+            frame = np.clip(noisy, 0, 255).astype(np.uint8)
+            if jpeg_quality is not None:
+                _, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+                frame = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
+            writer.write(frame)
     finally:
         writer.release()
     return truth

@@ -24,6 +24,7 @@ import numpy as np
 from edge_app.gallery.bundle import BundleError, ModelRef, load_bundle
 from edge_app.gallery.gallery import Gallery
 from models.images import ImageError, load_image
+from models.quality import assess
 from models.recognizer import FaceModels
 from models.weights import ModelFileError
 
@@ -41,8 +42,13 @@ def expand_paths(paths: Iterable[Path]) -> Iterator[Path]:
 
 def identify_image(models: FaceModels, gallery: Gallery, image: np.ndarray, threshold: float) -> list[dict]:
     """Detect, embed and search every face of one image (in one batch); the gate only flags."""
-    faces = models.gate(models.detect(image, thorough=True), image)
-    vectors = np.stack([models.embed(image, face) for face in faces]) if faces else np.empty((0, models.dimension))
+    faces = models.detect(image, thorough=True)
+    vectors = np.empty((0, models.dimension), np.float32)
+    if faces:
+        aligned = [models.align(image, face) for face in faces]  # once, for the gate and the embedding
+        for face, crop in zip(faces, aligned, strict=True):
+            assess(face, crop)
+        vectors = np.stack([models.embed_aligned(crop) for crop in aligned])
     results = []
     for face, matches in zip(faces, gallery.search(vectors, k=1), strict=True):
         match = matches[0] if matches else None

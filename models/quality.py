@@ -34,6 +34,13 @@ class QualityPolicy:
 
 
 DEFAULT_POLICY = QualityPolicy()
+# Video frames: the same limits without the blur check. A camera's frames are softer than
+# photos (focus, motion, compression); refusing those below sharpness 25 left 17% of the
+# people walking past a camera never searched at all, and searching them (fused with the
+# track's other frames, against a threshold calibrated on such tracks) confirmed 76% of
+# gallery people within 2 s instead of 67% at 1,000 persons, with no stranger confirmed
+# (benchmarks/bench_tracks.py, docs/recognition.md).
+FRAME_POLICY = QualityPolicy(min_sharpness=0.0)
 
 
 def pose(landmarks: np.ndarray) -> tuple[float, float, float]:

@@ -8,9 +8,11 @@ searched. The per-comparison impostor tail p(t) was measured once on 5,471 photo
 probability 1 - (1 - p(t))^N, so a gallery of one state's cases runs a lower threshold
 than a national one at the same budget.
 
-Two score kinds have their own tail: ``snorm`` (the normalised score of galleries built
-with a cohort, models/scoring.py; what the builders make) and ``cosine`` (raw cosine, for
-bundles from before normalisation). Method, tables and limits: docs/recognition.md.
+Three tails are shipped: ``snorm`` (a photo's normalised score against galleries built
+with a cohort, models/scoring.py; what ``mpd identify`` applies), ``track`` (a video
+track's fused votes under the device's confirmation rule, measured on people walking past
+a camera, benchmarks/bench_tracks.py) and ``cosine`` (raw cosine, for bundles from before
+normalisation). Method, tables and limits: docs/recognition.md.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ FALSE_ALARM_BUDGET = 1e-3
 # dozen pairs of look-alike people decide it), and at the simulated gallery sizes this
 # margin kept every measured rate under the budget for about half a point of identification.
 DESIGN_FALSE_ALARM = 0.9 * FALSE_ALARM_BUDGET
-SCORE_KINDS = ("snorm", "cosine")
+SCORE_KINDS = ("snorm", "track", "cosine")
 DEFAULT_SCORE = "snorm"
 # Authors' pairwise threshold (opencv_zoo sface.py) for raw cosine: never go below it.
 SFACE_PAIR_THRESHOLD = 0.363

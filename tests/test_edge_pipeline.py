@@ -78,7 +78,7 @@ def test_a_gallery_person_walking_through_gives_one_event_per_cooldown(tmp_path,
 
 def test_without_a_configured_threshold_the_one_for_the_gallery_size_is_applied(tmp_path, bundle, member_video):
     video, _ = member_video
-    expected = threshold_for_gallery(len(MEMBERS))
+    expected = threshold_for_gallery(len(MEMBERS), score="track")
     assert expected not in (TEST_THRESHOLD, DEFAULT_THRESHOLD), "the event must show which threshold was used"
     summary, events, runner = run_pipeline(tmp_path, bundle, video, recognition={"threshold": None})
     assert [e.person_id for e in events] == ["barack_obama"]
@@ -103,9 +103,12 @@ def random_gallery(persons: int, version: str) -> Gallery:
 def test_the_device_threshold_follows_the_live_gallery_unless_configured():
     live = LiveGallery(random_gallery(12, "v1"))
     processor = FrameProcessor(None, live, None, "dev", RecognitionConfig())
-    assert processor.threshold() == threshold_for_gallery(12)
+    # A video track's fused votes use the gallery's track threshold, calibrated on stranger tracks.
+    assert processor.threshold() == threshold_for_gallery(12, score="track")
     live.swap(random_gallery(5_000, "v2"))  # the nightly sync swaps in a bigger gallery
-    assert processor.threshold() == threshold_for_gallery(5_000) > threshold_for_gallery(12)
+    assert (
+        processor.threshold() == threshold_for_gallery(5_000, score="track") > threshold_for_gallery(12, score="track")
+    )
     assert processor.threshold(RecognitionConfig(threshold=0.6)) == 0.6
 
 

@@ -121,10 +121,11 @@ def test_hnsw_search_rescores_its_candidates_like_exact_search():
 def test_the_gallery_threshold_is_the_manifests_else_the_table_for_its_size_and_score():
     gallery, _ = _gallery(120)
     assert gallery.threshold == threshold_for_gallery(120, score="snorm")
+    assert gallery.track_threshold == threshold_for_gallery(120, score="track") == gallery.score.track_threshold
     vectors = unit(np.random.default_rng(7).standard_normal((3, 128)))
     persons = {p: PersonRow(person_id=p) for p in "abc"}
     plain = Gallery(vectors, list("abc"), persons, version="v", embedder=EMBEDDER)
-    assert plain.threshold == threshold_for_gallery(3, score="cosine")
+    assert plain.threshold == plain.track_threshold == threshold_for_gallery(3, score="cosine")
     chosen = Gallery(vectors, list("abc"), persons, version="v", embedder=EMBEDDER,
                      score=ScoreSpec(kind="cosine", threshold=0.61))  # fmt: skip
     assert chosen.threshold == 0.61

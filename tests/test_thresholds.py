@@ -64,5 +64,15 @@ def test_an_unknown_score_kind_is_a_clear_error():
         threshold_for_gallery(100, score="zscore")
 
 
-def test_the_normalised_table_was_calibrated_with_the_shipped_cohort():
+def test_the_normalised_tables_were_calibrated_with_the_shipped_cohort():
     assert calibrated_cohort_id() == shipped_cohort().id
+    from models.thresholds import _table
+
+    assert _table()["scores"]["track"]["cohort"] == shipped_cohort().id
+
+
+def test_video_tracks_need_more_than_photos_at_every_size():
+    # Stranger tracks (many looks, camera quality) reach higher than single photos: the track
+    # table's thresholds are above the photo table's, and rise with the gallery too.
+    for persons in (18, 500, 2_500, 25_000):
+        assert threshold_for_gallery(persons, score="track") > threshold_for_gallery(persons, score="snorm")

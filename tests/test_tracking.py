@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edge_app.config import RecognitionConfig
-from edge_app.pipeline.tracking import Tracker, Vote, iou, vote_from_matches
+from edge_app.pipeline.tracking import Tracker, Vote, fuse_weight, iou, vote_from_matches
 
 
 @dataclass(frozen=True)
@@ -147,3 +147,43 @@ def test_iou():
     assert iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
     assert iou((0, 0, 10, 10), (20, 20, 5, 5)) == 0.0
     assert iou((0, 0, 10, 10), (5, 0, 10, 10)) == pytest.approx(50 / 150)
+
+
+def test_a_tracks_fused_embedding_is_the_weighted_mean_of_its_frames():
+    tracker = Tracker("cam")
+    (track,) = tracker.associate([(0, 0, 80, 80)], 0, 0.0, 0.0, SETTINGS)
+    a, b = np.eye(128, dtype=np.float32)[0], np.eye(128, dtype=np.float32)[1]
+    np.testing.assert_allclose(track.fuse(a, 1.0), a)
+    fused = track.fuse(b, 3.0)  # a better look weighs three times as much
+    np.testing.assert_allclose(fused, (a + 3 * b) / np.linalg.norm(a + 3 * b), rtol=1e-6)
+    assert track.fused_frames == 2 and abs(np.linalg.norm(fused) - 1) < 1e-6
+
+
+def test_fusing_noisy_looks_lands_closer_to_the_face_than_a_typical_look():
+    rng = np.random.default_rng(5)
+    face = unit(7)
+    tracker = Tracker("cam")
+    (track,) = tracker.associate([(0, 0, 80, 80)], 0, 0.0, 0.0, SETTINGS)
+    looks = [face + 0.12 * rng.standard_normal(128).astype(np.float32) for _ in range(12)]
+    looks = [v / np.linalg.norm(v) for v in looks]
+    for look in looks:
+        fused = track.fuse(look, 1.0)
+    assert float(fused @ face) > max(float(look @ face) for look in looks)
+
+
+def test_sharper_larger_frontal_faces_weigh_more_and_every_frame_keeps_some_weight():
+    good = {"size_px": 90.0, "sharpness": 150.0, "yaw": 0.05}
+    small = {**good, "size_px": 36.0}
+    soft = {**good, "sharpness": 30.0}
+    turned = {**good, "yaw": 0.4}
+    assert fuse_weight(good) == pytest.approx(max(fuse_weight(q) for q in (good, small, soft, turned)))
+    assert all(0 < fuse_weight(q) < fuse_weight(good) for q in (small, soft, turned))
+
+
+def test_a_different_face_in_the_same_place_starts_a_new_fused_track():
+    tracker = Tracker("cam")
+    (track,) = tracker.associate([(0, 0, 80, 80)], 0, 0.0, 0.0, SETTINGS)
+    track.embedding = unit(1)
+    track.fuse(unit(1), 1.0)
+    other = tracker.split_if_other_person(track, -unit(1), 1, 0.1, 0.1, SETTINGS)
+    assert other is not track and other.fused_sum is None and other.fused_frames == 0

@@ -76,14 +76,17 @@ class ScoreSpec(BaseModel):
 
     ``cosine``: the raw cosine. ``snorm``: cosine normalised against the calibration cohort
     named by ``cohort`` (models/scoring.py), on the cosine scale. ``threshold``: what the
-    builder calibrated for this gallery's persons (models.thresholds.threshold_for_gallery);
-    None lets the device pick it for the gallery's size. A device configuration overrides it.
+    builder calibrated for this gallery's persons for single photos (``mpd identify``);
+    ``track_threshold``: the same for a video track's fused votes (calibrated on stranger
+    tracks). None lets the device pick them for the gallery's size
+    (models.thresholds.threshold_for_gallery). A device configuration overrides them.
     """
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["cosine", "snorm"] = "cosine"
     cohort: str = Field(default="", max_length=64)
     threshold: float | None = Field(default=None, ge=-1.0, le=2.0)
+    track_threshold: float | None = Field(default=None, ge=-1.0, le=2.0)
 
     @model_validator(mode="after")
     def _normalised_names_its_cohort(self) -> ScoreSpec:

@@ -29,6 +29,10 @@ from edge_app.gallery.search import SearchEngine, build_search, choose_search
 from models.scoring import CohortError, SNorm, cohort_for
 from models.thresholds import threshold_for_gallery
 
+# The tail a video track's fused votes are calibrated with, by the bundle's score kind. Bundles
+# without normalisation predate track calibration and keep the photo table.
+TRACK_SCORE = {"snorm": "track", "cosine": "cosine"}
+
 
 @dataclass(frozen=True)
 class Match:
@@ -77,10 +81,16 @@ class Gallery:
                 self._norm = SNorm(cohort_for(self.score.cohort), vectors)
             except CohortError as error:
                 raise BundleError(f"gallery {version}: {error}") from None
+        persons = len(self.persons)
+        spec = self.score
+        # Photos (``mpd identify``) and video tracks (fused votes) have their own calibrated thresholds.
         self.threshold = (
-            self.score.threshold
-            if self.score.threshold is not None
-            else threshold_for_gallery(len(self.persons), score=self.score.kind)
+            spec.threshold if spec.threshold is not None else threshold_for_gallery(persons, score=spec.kind)
+        )
+        self.track_threshold = (
+            spec.track_threshold
+            if spec.track_threshold is not None
+            else threshold_for_gallery(persons, score=TRACK_SCORE[spec.kind])
         )
 
     @classmethod

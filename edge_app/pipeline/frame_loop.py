@@ -24,9 +24,9 @@ from edge_app.outbox import Outbox
 from edge_app.pipeline.capture import Frame
 from edge_app.pipeline.events import build_event, face_crop
 from edge_app.pipeline.motion import MotionGate
-from edge_app.pipeline.tracking import Confirmation, Tracker, vote_from_matches
+from edge_app.pipeline.tracking import Confirmation, Tracker, fuse_weight, vote_from_matches
 from models.faces import Face
-from models.quality import assess
+from models.quality import FRAME_POLICY, assess
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +84,16 @@ class FrameProcessor:
         self.last_faces = 0
 
     def threshold(self, settings: RecognitionConfig | None = None, gallery: Gallery | None = None) -> float:
-        """The configured threshold, or (none configured) the gallery's own: the one its builder
-        calibrated for its number of persons (the same false-match budget per stranger allows a
-        lower threshold for fewer persons), so it follows a live gallery swap."""
+        """The threshold a track's fused votes need: the configured one, or (none configured) the
+        gallery's own track threshold, calibrated by its builder for its number of persons on
+        stranger tracks (the same false-match budget allows a lower threshold for fewer persons),
+        so it follows a live gallery swap."""
         settings = settings or self.settings
         if settings.threshold is not None:
             return settings.threshold
         if gallery is None:  # not ``or``: an empty Gallery is falsy (len 0)
             gallery = self.live_gallery.current()
-        return gallery.threshold
+        return gallery.track_threshold
 
     def tracker(self, camera_id: str) -> Tracker:
         tracker = self.trackers.get(camera_id)
@@ -143,7 +144,7 @@ class FrameProcessor:
             if not track.needs_embedding(settings):
                 continue
             aligned = self.models.align(frame.image, face)
-            assess(face, aligned)
+            assess(face, aligned, FRAME_POLICY)
             if face.rejected:
                 counters.rejected += 1
                 continue
@@ -155,15 +156,20 @@ class FrameProcessor:
         vectors = np.stack([self.models.embed_aligned(aligned) for _, _, aligned in work])
         counters.embed_s += time.perf_counter() - started
         counters.embedded += len(work)
-        results = gallery.search(vectors, k=2)
-
-        records = []
-        for (face, track, _), vector, matches in zip(work, vectors, results, strict=True):
+        # Each face joins its track's fused embedding; the fused embeddings are searched in one batch.
+        fused = []
+        for position, ((face, track, aligned), vector) in enumerate(zip(work, vectors, strict=True)):
             track = tracker.split_if_other_person(
                 track, vector, frame.index, frame.clock, frame.captured_wall, settings
             )
             if track.started_mono is None:
                 track.started_mono = frame.captured_mono
+            work[position] = (face, track, aligned)
+            fused.append(track.fuse(vector, fuse_weight(face.quality)))
+        results = gallery.search(np.stack(fused), k=2)
+
+        records = []
+        for (face, track, _), vector, matches in zip(work, vectors, results, strict=True):
             vote = vote_from_matches(matches, threshold, settings.margin)
             crop = None
             if vote.person_id is not None and settings.send_crop:

@@ -7,8 +7,13 @@ tested on plain numbers and runs the same on any source.
   or, for a fast mover, whose centre is within one face width. When the detection is
   embedded and its vector disagrees with the track's last vector (another person
   stepped into the same place), it starts a new track instead.
-- **Votes**: each embedded frame votes for the best gallery person when the similarity
-  reaches the threshold and beats the next person by ``margin``; otherwise for no one.
+- **Fusion**: a track's frames are many looks at one face. Each embedded frame joins the
+  track's fused embedding (the quality-weighted mean of its frames' embeddings,
+  ``fuse_weight``), and the fused embedding is what is searched: set-to-set matching, so
+  one bad frame moves the decision less and good frames add up.
+- **Votes**: after each embedded frame the fused embedding votes for the best gallery
+  person when the score reaches the track threshold and beats the next person by
+  ``margin``; otherwise for no one.
 - **Confirmation**: among the last ``confirm_window`` votes, one person needs at least
   ``confirm_frames`` votes and no other person may have any (disagreement confirms no one).
 - **Cooldown**: a person confirmed on a camera is not confirmed again there within
@@ -50,13 +55,23 @@ class Track:
     last_seen_t: float
     last_seen_wall: float
     votes: deque = field(default_factory=deque)
-    embedding: np.ndarray | None = None
+    embedding: np.ndarray | None = None  # the last frame's embedding (to notice a different face)
+    fused_sum: np.ndarray | None = None  # quality-weighted sum of the frames' embeddings
+    fused_frames: int = 0
     frames_since_embed: int = 0
     confirmed_person: str | None = None
     started_mono: float | None = None  # monotonic time of the track's first frame, for latency
     # Best frame per voted person: (similarity, crop). Kept in memory only, and only for
     # faces that matched a gallery person: no stranger's face is retained.
     best_crops: dict[str, tuple[float, np.ndarray]] = field(default_factory=dict)
+
+    def fuse(self, embedding: np.ndarray, weight: float) -> np.ndarray:
+        """Add one frame's embedding with ``weight``; returns the fused unit embedding."""
+        weighted = np.asarray(embedding, np.float32) * np.float32(weight)
+        self.fused_sum = weighted if self.fused_sum is None else self.fused_sum + weighted
+        self.fused_frames += 1
+        norm = float(np.linalg.norm(self.fused_sum))
+        return self.fused_sum / norm if norm > 0 else np.asarray(embedding, np.float32)
 
     def needs_embedding(self, settings: RecognitionConfig) -> bool:
         if self.embedding is None:
@@ -91,6 +106,20 @@ def iou(a: Box, b: Box) -> float:
 
 def _centre_distance(a: Box, b: Box) -> float:
     return float(np.hypot(a[0] + a[2] / 2 - b[0] - b[2] / 2, a[1] + a[3] / 2 - b[1] - b[3] / 2))
+
+
+def fuse_weight(quality: dict) -> float:
+    """How much one frame counts in its track's fused embedding, from the quality gate's measures.
+
+    Sharp, large, frontal faces embed reliably; small, soft or turned ones less so
+    (measured on walk-through clips, benchmarks/bench_tracks.py). Every gated frame keeps
+    some weight: a poor look is still evidence.
+    """
+    size = float(quality.get("size_px", 64.0))
+    sharpness = float(quality.get("sharpness", 100.0))
+    yaw = abs(float(quality.get("yaw", 0.0)))
+    weight = min(1.0, max(0.2, (size - 24.0) / 56.0)) * min(1.0, max(0.2, sharpness / 120.0))
+    return weight * max(0.3, 1.0 - yaw)
 
 
 def vote_from_matches(matches: list, threshold: float, margin: float) -> Vote:

@@ -231,15 +231,20 @@ def templates(vectors: list[np.ndarray], template: str = TEMPLATE) -> np.ndarray
 
 def score_spec(persons: int) -> ScoreSpec:
     """How devices score a gallery of ``persons`` built with this code: S-norm against the
-    shipped cohort, with the threshold calibrated for that many persons (a scope's own size
-    for a regional gallery). Goes into the manifest as ``score``."""
+    shipped cohort, with the thresholds calibrated for that many persons (a scope's own size
+    for a regional gallery), for photos and for video tracks. Goes into the manifest as ``score``."""
     cohort = shipped_cohort()
     if cohort.id != calibrated_cohort_id():
         raise BundleError(
             f"models/cohort.npz ({cohort.id}) is not the cohort the threshold table was calibrated with "
             f"({calibrated_cohort_id()}); rerun benchmarks/calibrate.py --write"
         )
-    return ScoreSpec(kind="snorm", cohort=cohort.id, threshold=threshold_for_gallery(persons, score="snorm"))
+    return ScoreSpec(
+        kind="snorm",
+        cohort=cohort.id,
+        threshold=threshold_for_gallery(persons, score="snorm"),
+        track_threshold=threshold_for_gallery(persons, score="track"),
+    )
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
