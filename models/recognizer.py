@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from models import weights
 from models.faces import Face
@@ -50,7 +51,14 @@ class FaceModels:
 
     @classmethod
     def load(cls, cache_dir: Path | None = None) -> FaceModels:
-        """Verify both files against their pinned sha256 and load them; raises ``ModelFileError``."""
+        """Verify both files against their pinned sha256 and load them; raises ``ModelFileError``.
+
+        Also limits numpy's BLAS to one thread for the process: its threads spin after each
+        matrix product and took the cores from OpenCV's, making detect, embed and a
+        25,000-person search 1.8x slower per frame on 2 cores (benchmarks/bench_blas_threads.py).
+        The products that run beside the models (faces against a gallery) are small.
+        """
+        threadpool_limits(limits=1, user_api="blas")
         detector_path, detector_bytes = weights.detector_bytes()
         embedder_path, embedder_bytes = weights.embedder_bytes(cache_dir)
         # OpenCV 5 warns "Targets are not supported by the new graph engine" at every

@@ -266,3 +266,20 @@ def test_models_check_fails_when_a_pin_does_not_match(monkeypatch):
     result = CliRunner().invoke(models_group, ["check"])
     assert result.exit_code == 1
     assert '"ok": false' in result.output and "0" * 64 in result.output
+
+
+def test_loading_the_models_leaves_numpy_one_blas_thread_even_for_other_threads(face_models):
+    # numpy's BLAS threads spin beside OpenCV's and slowed the per-frame path 1.8x on 2 cores
+    # (benchmarks/bench_blas_threads.py); the frame loop runs in its own thread.
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    FaceModels.load()
+    seen = []
+    worker = threading.Thread(
+        target=lambda: seen.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+    )
+    worker.start()
+    worker.join()
+    assert seen and set(seen) == {1}
