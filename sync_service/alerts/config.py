@@ -58,6 +58,8 @@ ENV_FIELDS = {
     "crop_kms_key": "MPD_CROP_KMS_KEY",
     "crop_ttl_days": "MPD_CROP_TTL_DAYS",
     "mail_from": "MPD_MAIL_FROM",
+    "notify_retry_attempts": "MPD_NOTIFY_RETRY_ATTEMPTS",
+    "notify_retry_minutes": "MPD_NOTIFY_RETRY_MINUTES",
 }
 ENV_JSON = ("MPD_SITES", "MPD_SITES_FILE", "MPD_SOURCE_URLS")
 
@@ -190,6 +192,11 @@ class AlertSettings(BaseModel):
     # The camera's crop of the matched face is kept this long, then deleted.
     crop_ttl_days: int = Field(30, ge=1, le=365)
     mail_from: str | None = Field(None, pattern=EMAIL)  # SES sender for reviewer e-mail
+    # A notification after a decision (responders, follow-up, escalation) that did not reach
+    # everyone is retried by the sweep with backoff, up to this many attempts or this long
+    # after the decision; then it is given up: audited, shown on the page, and alarmed on AWS.
+    notify_retry_attempts: int = Field(12, ge=1, le=100)
+    notify_retry_minutes: int = Field(180, ge=1, le=48 * 60)
 
     @field_validator("phone_numbers", mode="before")
     @classmethod

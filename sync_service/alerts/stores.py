@@ -122,6 +122,8 @@ def is_email(recipient: str) -> bool:
 
 
 class SmsSender(Protocol):
+    sends_email: bool  # False: e-mail addresses are skipped (no mail sender configured)
+
     def send(self, message: Message, recipients: Sequence[str], skip: Collection[str] = ()) -> dict[str, str]:
         """Send to every recipient not in ``skip`` (E.164 numbers and SNS topic ARNs get the
         SMS text, e-mail addresses the e-mail); return recipient -> message id.
@@ -260,6 +262,7 @@ class SnsSender:
         self.client = client
         self.ses = ses
         self.mail_from = mail_from
+        self.sends_email = bool(ses is not None and mail_from)
 
     def send(self, message: Message, recipients: Sequence[str], skip: Collection[str] = ()) -> dict[str, str]:
         # Transactional: delivered ahead of promotional traffic, and to numbers on DND lists.
@@ -270,7 +273,7 @@ class SnsSender:
                 continue
             try:
                 if is_email(recipient):
-                    if self.ses is None or not self.mail_from:
+                    if not self.sends_email:
                         continue  # no sender configured: e-mail is an extra channel, SMS is the alert
                     response = self.ses.send_raw_email(
                         Source=self.mail_from,
@@ -481,6 +484,8 @@ class SqlitePersistenceLayer(BasePersistenceLayer):
 class FileSmsSink:
     """SMS appended as JSON lines to a file, e-mail as .eml files: the embedded default."""
 
+    sends_email = True
+
     def __init__(self, path: Path, mail_dir: Path | None = None, mail_from: str = "alerts@localhost") -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -505,11 +510,17 @@ class FileSmsSink:
             sent[recipient] = message_id
         data = "".join(json.dumps(line) + "\n" for line in lines).encode()
         if data:
-            with open(self.path, "ab") as sink:
-                fcntl.flock(sink, fcntl.LOCK_EX)  # whole lines, even with several writers
-                sink.write(data)
-                sink.flush()
-                os.fsync(sink.fileno())
+            try:
+                with open(self.path, "ab") as sink:
+                    fcntl.flock(sink, fcntl.LOCK_EX)  # whole lines, even with several writers
+                    sink.write(data)
+                    sink.flush()
+                    os.fsync(sink.fileno())
+            except OSError as error:
+                mailed = {r: m for r, m in sent.items() if is_email(r)}
+                if mailed:  # the e-mails are out: a retry must not send them again
+                    raise PartialSend(mailed) from error
+                raise
         return sent
 
 
