@@ -302,6 +302,38 @@ def test_dismissal_after_the_sms_sends_the_follow_up(site, browser):
     assert followup.startswith("IGNORE la alerta de las") and "Dana Example" in followup
 
 
+def test_a_confirmation_whose_sms_failed_says_so_and_the_sweep_delivers_it_once(site, browser):
+    review_id = site.alert()
+    sink = site.settings.sms_sink
+    sink.rename(sink.with_suffix(".aside"))
+    sink.mkdir()  # the SMS sink cannot be written: as SNS down
+    browser.get(f"{site.url}/r/{review_id}")
+    log_in(browser, "alice")
+    by_css(browser, "input.confirm").click()
+
+    told = flashes(browser)
+    assert told[0] == "Confirmed." and told[1].startswith("Sending failed: IsADirectoryError")
+    assert "retried automatically" in told[1]
+    notice = by_css(browser, "li.delivery-due").text
+    assert notice.startswith("Responders: not delivered yet to +15555550121") and "next try" in notice
+    assert accessibility_problems(browser) == []
+    screenshot(browser, "alert-retrying-desktop", DESKTOP)
+    browser.get(f"{site.url}/alerts")
+    assert "not delivered yet: retrying" in by_css(browser, "li.alert-row .warn").text
+
+    sink.rmdir()
+    sink.with_suffix(".aside").rename(sink)
+    later = build_service(site.settings, fetch=None, clock=lambda: time.time() + 31)  # the next sweep
+    assert later.review.sweep()["retried"] == 1
+    assert later.review.sweep()["retried"] == 0
+    browser.get(f"{site.url}/alerts/{review_id}")
+    assert by_css(browser, "li.delivery-delivered").text == "Responders: delivered to 1 recipient(s) after 2 attempts."
+    history = by_css(browser, "ol.trail").text
+    assert "system · notify_failed · responders, attempt 1" in history and "system · notified" in history
+    assert len(site.sms_to(RESPONDER)) == 1
+    assert not all_css(browser, "li.alert-row .warn")
+
+
 def test_two_reviewers_one_decision_wins_the_other_is_told(site, browser, second_browser):
     review_id = site.alert()
     for driver, user in ((browser, "alice"), (second_browser, "bob")):

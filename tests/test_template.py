@@ -310,7 +310,7 @@ def test_outputs_name_what_operators_need(template):
 
 def test_review_storage_matches_the_code(template):
     """Crops: SSE-KMS with our key, deleted after the TTL; review tables as the code queries them."""
-    from sync_service.review.records import BY_SITE_INDEX, PENDING_INDEX
+    from sync_service.review.records import BY_SITE_INDEX, PENDING_INDEX, RETRY_INDEX
 
     crops = template["Resources"]["CropBucket"]["Properties"]
     (rule,) = crops["BucketEncryption"]["ServerSideEncryptionConfiguration"]
@@ -331,6 +331,14 @@ def test_review_storage_matches_the_code(template):
         {"AttributeName": "pending", "KeyType": "HASH"},
         {"AttributeName": "created_ms", "KeyType": "RANGE"},
     ]
+    assert indexes[RETRY_INDEX] == [
+        {"AttributeName": "retry", "KeyType": "HASH"},
+        {"AttributeName": "retry_ms", "KeyType": "RANGE"},
+    ]
+    sweep = template["Resources"]["ReviewSweepFunction"]["Properties"]
+    (reviews,) = [s for s in sweep["Policies"][0]["Statement"] if s["Sid"] == "PendingReviews"]
+    assert {"Fn::Sub": "${ReviewTable.Arn}/index/retry"} in reviews["Resource"]
+    assert sweep["Environment"]["Variables"]["MPD_ALERT_TOPIC_ARN"] == {"Ref": "AlertTopic"}
     assert review["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
 
 

@@ -18,12 +18,12 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from cryptography.fernet import Fernet, InvalidToken
 from pydantic import BaseModel, ConfigDict, Field
@@ -56,6 +56,28 @@ class CasePhoto(BaseModel):
     key: str  # store key
     sha256: str
     category: str = ""
+
+
+# Notifications sent after the alert was opened, each retried until delivered.
+RESPONDERS = "responders"  # after a confirmation (review: before, or a rate-limited alert)
+FOLLOWUP = "followup"  # after a dismissal of an alert responders were texted about (review: after)
+ESCALATION = "escalation"  # the second reviewers, when nobody decided in time
+
+
+class Delivery(BaseModel):
+    """One notification to all of its recipients: who got it (never sent to them again),
+    who not yet, and when it is tried next. ``due`` until everyone got it; ``failed``
+    when the retries gave up; ``cancelled`` when it no longer applies."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    status: Literal["due", "delivered", "failed", "cancelled"] = "due"
+    sent: dict[str, str] = Field(default_factory=dict)  # address -> message id
+    missing: list[str] = Field(default_factory=list)  # addresses the last attempt did not reach
+    attempts: int = 0
+    created_ms: int
+    next_ms: int  # when the next attempt is due; while one runs, nobody else takes it before
+    error: str = ""
 
 
 class ReviewRecord(BaseModel):
@@ -108,6 +130,8 @@ class ReviewRecord(BaseModel):
     escalated_at: datetime | None = None
     responders_notified_at: datetime | None = None
     followup_sent_at: datetime | None = None
+    deliveries: dict[str, Delivery] = Field(default_factory=dict)  # kind -> its notification
+    deliveries_rev: int = 0  # bumped by every change of ``deliveries`` (compare-and-set)
     expires_at: int  # the record's TTL (epoch seconds)
 
     @property
@@ -119,6 +143,32 @@ class ReviewRecord(BaseModel):
     def crop_available(self) -> bool:
         return self.has_crop and (self.crop_expires_at or 0) > time.time()
 
+    @property
+    def retry_ms(self) -> int | None:
+        """When the earliest notification still to deliver is due (indexed for the sweep)."""
+        due = [d.next_ms for d in self.deliveries.values() if d.status == "due"]
+        return min(due) if due else None
+
+    @property
+    def delivery_problem(self) -> str:
+        """A line for the list page when a notification did not reach everyone."""
+        states = {
+            d.status for d in self.deliveries.values() if d.status == "failed" or (d.status == "due" and d.attempts)
+        }
+        if "failed" in states:
+            return "A notification FAILED: someone was not told."
+        return "A notification is not delivered yet: retrying." if states else ""
+
+
+def _decided(
+    record: ReviewRecord, state: State, by: str, at: datetime, note: str, plan: DeliveryPlan | None
+) -> ReviewRecord:
+    update: dict[str, Any] = {"state": state, "decided_by": by, "decided_at": at, "note": note}
+    changes = plan(record) if plan else {}
+    if changes:
+        update |= {"deliveries": record.deliveries | changes, "deliveries_rev": record.deliveries_rev + 1}
+    return record.model_copy(update=update)
+
 
 class Decided(Exception):
     """The record was no longer pending: someone else decided first."""
@@ -128,10 +178,25 @@ class Decided(Exception):
         self.record = record
 
 
+# What a decision adds to (or changes in) the record's deliveries, given the record as
+# the decision finds it: part of the same conditional write.
+DeliveryPlan = Callable[[ReviewRecord], dict[str, Delivery]]
+
+
 class ReviewStore(Protocol):
     def create(self, record: ReviewRecord) -> None: ...
     def get(self, review_id: str) -> ReviewRecord | None: ...
-    def decide(self, review_id: str, state: State, by: str, at: datetime, note: str) -> ReviewRecord: ...
+    def decide(
+        self, review_id: str, state: State, by: str, at: datetime, note: str, plan: DeliveryPlan | None = None
+    ) -> ReviewRecord: ...
+    def update_deliveries(self, record: ReviewRecord, deliveries: dict[str, Delivery]) -> ReviewRecord | None:
+        """Replace ``deliveries`` if nobody changed them since ``record`` was read; else None."""
+        ...
+
+    def deliveries_due(self, before_ms: int) -> list[ReviewRecord]:
+        """Records with a notification due before ``before_ms``."""
+        ...
+
     def mark(self, review_id: str, field: str, at: datetime) -> bool: ...
     def page(self, sites: Iterable[str], before: str | None, limit: int) -> list[ReviewRecord]: ...
     def pending_before(self, created_ms: int) -> list[ReviewRecord]: ...
@@ -150,7 +215,7 @@ MARKS = ("escalated_at", "responders_notified_at", "followup_sent_at")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS review (
     review_id TEXT PRIMARY KEY, site TEXT NOT NULL, state TEXT NOT NULL, sort_key TEXT NOT NULL,
-    created_ms INTEGER NOT NULL, record TEXT NOT NULL, expires_at INTEGER);
+    created_ms INTEGER NOT NULL, record TEXT NOT NULL, expires_at INTEGER, retry_ms INTEGER);
 CREATE INDEX IF NOT EXISTS review_by_site ON review (site, sort_key);
 CREATE INDEX IF NOT EXISTS review_pending ON review (state, created_ms);
 CREATE TABLE IF NOT EXISTS review_audit (
@@ -182,6 +247,9 @@ class SqliteReviewStore:
         self.tables = tables
         with tables.connect() as db:
             db.executescript(_SCHEMA)
+            if "retry_ms" not in {row[1] for row in db.execute("PRAGMA table_info(review)")}:
+                db.execute("ALTER TABLE review ADD COLUMN retry_ms INTEGER")  # a store made before retries
+            db.execute("CREATE INDEX IF NOT EXISTS review_retry ON review (retry_ms) WHERE retry_ms IS NOT NULL")
         self.fernet = Fernet(load_or_create_key(key_file))
 
     def _row(self, record: ReviewRecord) -> dict[str, Any]:
@@ -193,13 +261,14 @@ class SqliteReviewStore:
             "created_ms": record.created_ms,
             "record": record.model_dump_json(),
             "expires_at": record.expires_at,
+            "retry_ms": record.retry_ms,
         }
 
     def create(self, record: ReviewRecord) -> None:
         with self.tables.connect() as db:
             db.execute(
-                "INSERT INTO review (review_id, site, state, sort_key, created_ms, record, expires_at)"
-                " VALUES (:id, :site, :state, :sort_key, :created_ms, :record, :expires_at)",
+                "INSERT INTO review (review_id, site, state, sort_key, created_ms, record, expires_at, retry_ms)"
+                " VALUES (:id, :site, :state, :sort_key, :created_ms, :record, :expires_at, :retry_ms)",
                 self._row(record),
             )
 
@@ -208,7 +277,9 @@ class SqliteReviewStore:
             row = db.execute("SELECT record FROM review WHERE review_id = ?", (review_id,)).fetchone()
         return ReviewRecord.model_validate_json(row[0]) if row else None
 
-    def decide(self, review_id: str, state: State, by: str, at: datetime, note: str) -> ReviewRecord:
+    def decide(
+        self, review_id: str, state: State, by: str, at: datetime, note: str, plan: DeliveryPlan | None = None
+    ) -> ReviewRecord:
         with self.tables.connect() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -219,9 +290,9 @@ class SqliteReviewStore:
                 if record.state != State.PENDING:
                     db.execute("COMMIT")
                     raise Decided(record)
-                record = record.model_copy(update={"state": state, "decided_by": by, "decided_at": at, "note": note})
+                record = _decided(record, state, by, at, note, plan)
                 db.execute(
-                    "UPDATE review SET state = :state, sort_key = :sort_key, record = :record"
+                    "UPDATE review SET state = :state, sort_key = :sort_key, record = :record, retry_ms = :retry_ms"
                     " WHERE review_id = :id AND state = 'pending'",
                     self._row(record),
                 )
@@ -232,6 +303,35 @@ class SqliteReviewStore:
                 db.execute("ROLLBACK")
                 raise
         return record
+
+    def update_deliveries(self, record: ReviewRecord, deliveries: dict[str, Delivery]) -> ReviewRecord | None:
+        with self.tables.connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute("SELECT record FROM review WHERE review_id = ?", (record.review_id,)).fetchone()
+                current = ReviewRecord.model_validate_json(row[0]) if row else None
+                if current is None or current.deliveries_rev != record.deliveries_rev:
+                    db.execute("COMMIT")
+                    return None
+                current = current.model_copy(
+                    update={"deliveries": deliveries, "deliveries_rev": record.deliveries_rev + 1}
+                )
+                db.execute(
+                    "UPDATE review SET record = :record, retry_ms = :retry_ms WHERE review_id = :id", self._row(current)
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return current
+
+    def deliveries_due(self, before_ms: int) -> list[ReviewRecord]:
+        with self.tables.connect() as db:
+            rows = db.execute(
+                "SELECT record FROM review WHERE retry_ms IS NOT NULL AND retry_ms <= ? ORDER BY retry_ms",
+                (before_ms,),
+            ).fetchall()
+        return [ReviewRecord.model_validate_json(row[0]) for row in rows]
 
     def mark(self, review_id: str, field: str, at: datetime) -> bool:
         """Set ``field`` once; False if it was already set (someone else did the work)."""
@@ -330,6 +430,7 @@ class SqliteReviewStore:
 
 BY_SITE_INDEX = "by_site"  # hash site, range sort_key
 PENDING_INDEX = "pending"  # sparse: hash pending ("1" while pending), range created_ms
+RETRY_INDEX = "retry"  # sparse: hash retry ("1" while a notification is due), range retry_ms
 
 
 def _item(record: ReviewRecord) -> dict[str, Any]:
@@ -339,8 +440,28 @@ def _item(record: ReviewRecord) -> dict[str, Any]:
     plain["sort_key"] = record.sort_key
     if record.state == State.PENDING:
         plain["pending"] = "1"
+    if record.retry_ms is not None:
+        plain |= {"retry": "1", "retry_ms": record.retry_ms}
     serializer = TypeSerializer()
     return {name: serializer.serialize(value) for name, value in plain.items() if value is not None}
+
+
+DELIVERY_RETRIES = 8  # compare-and-set rounds before giving up (each loses only to a concurrent change)
+_REV_CONDITION = "(attribute_not_exists(deliveries_rev) OR deliveries_rev = :old_rev)"
+
+
+def _delivery_update(record: ReviewRecord) -> tuple[str, list[str], dict[str, Any]]:
+    """SET clause, REMOVE attributes and values that write ``record``'s deliveries and their index keys."""
+    from boto3.dynamodb.types import TypeSerializer
+
+    deliveries = json.loads(json.dumps({k: d.model_dump(mode="json") for k, d in record.deliveries.items()}))
+    serializer = TypeSerializer()
+    values = {":deliveries": serializer.serialize(deliveries), ":rev": {"N": str(record.deliveries_rev)}}
+    sets = "deliveries = :deliveries, deliveries_rev = :rev"
+    if record.retry_ms is None:
+        return sets, ["retry", "retry_ms"], values
+    values |= {":one": {"S": "1"}, ":retry_ms": {"N": str(record.retry_ms)}}
+    return sets + ", retry = :one, retry_ms = :retry_ms", [], values
 
 
 def _record(item: dict[str, Any]) -> ReviewRecord:
@@ -376,36 +497,86 @@ class DynamoReviewStore:
         ).get("Item")
         return _record(item) if item else None
 
-    def decide(self, review_id: str, state: State, by: str, at: datetime, note: str) -> ReviewRecord:
+    def decide(
+        self, review_id: str, state: State, by: str, at: datetime, note: str, plan: DeliveryPlan | None = None
+    ) -> ReviewRecord:
         from botocore.exceptions import ClientError
 
-        current = self.get(review_id)
-        if current is None:
-            raise KeyError(review_id)
-        decided = current.model_copy(update={"state": state, "decided_by": by, "decided_at": at, "note": note})
+        # Conditional on the state (one decision wins) and on the deliveries being as read
+        # (the sweep may be updating one at this moment: then read again and retry).
+        for _ in range(DELIVERY_RETRIES):
+            current = self.get(review_id)
+            if current is None:
+                raise KeyError(review_id)
+            if current.state != State.PENDING:
+                raise Decided(current)
+            decided = _decided(current, state, by, at, note, plan)
+            values = {
+                ":state": {"S": state.value},
+                ":pending": {"S": State.PENDING.value},
+                ":sort_key": {"S": decided.sort_key},
+                ":by": {"S": by},
+                ":at": {"S": at.isoformat()},
+                ":note": {"S": note},
+            }
+            sets, removes, delivery_values = _delivery_update(decided)
+            try:
+                self.dynamodb.update_item(
+                    TableName=self.table,
+                    Key={"review_id": {"S": review_id}},
+                    UpdateExpression="SET #state = :state, sort_key = :sort_key, decided_by = :by, decided_at = :at,"
+                    f" note = :note, {sets} REMOVE {', '.join(['pending', *removes])}",
+                    ConditionExpression=f"#state = :pending AND {_REV_CONDITION}",
+                    ExpressionAttributeNames={"#state": "state"},
+                    ExpressionAttributeValues=values
+                    | delivery_values
+                    | {":old_rev": {"N": str(current.deliveries_rev)}},
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+            except ClientError as error:
+                if not _is_conditional_failure(error):
+                    raise
+                old = _record(error.response["Item"])
+                if old.state != State.PENDING:
+                    raise Decided(old) from None
+                continue  # only the deliveries changed under us
+            return decided
+        raise RuntimeError(f"review {review_id}: its notifications kept changing; decision not written")
+
+    def update_deliveries(self, record: ReviewRecord, deliveries: dict[str, Delivery]) -> ReviewRecord | None:
+        from botocore.exceptions import ClientError
+
+        updated = record.model_copy(update={"deliveries": deliveries, "deliveries_rev": record.deliveries_rev + 1})
+        sets, removes, values = _delivery_update(updated)
         try:
             self.dynamodb.update_item(
                 TableName=self.table,
-                Key={"review_id": {"S": review_id}},
-                UpdateExpression="SET #state = :state, sort_key = :sort_key, decided_by = :by, decided_at = :at,"
-                " note = :note REMOVE pending",
-                ConditionExpression="#state = :pending",
-                ExpressionAttributeNames={"#state": "state"},
-                ExpressionAttributeValues={
-                    ":state": {"S": state.value},
-                    ":pending": {"S": State.PENDING.value},
-                    ":sort_key": {"S": decided.sort_key},
-                    ":by": {"S": by},
-                    ":at": {"S": at.isoformat()},
-                    ":note": {"S": note},
-                },
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                Key={"review_id": {"S": record.review_id}},
+                UpdateExpression=f"SET {sets}" + (f" REMOVE {', '.join(removes)}" if removes else ""),
+                ConditionExpression=f"attribute_exists(review_id) AND {_REV_CONDITION}",
+                ExpressionAttributeValues=values | {":old_rev": {"N": str(record.deliveries_rev)}},
             )
         except ClientError as error:
             if not _is_conditional_failure(error):
                 raise
-            raise Decided(_record(error.response["Item"])) from None
-        return decided
+            return None
+        return updated
+
+    def deliveries_due(self, before_ms: int) -> list[ReviewRecord]:
+        records, start = [], None
+        while True:
+            kwargs = {"ExclusiveStartKey": start} if start else {}
+            response = self.dynamodb.query(
+                TableName=self.table,
+                IndexName=RETRY_INDEX,
+                KeyConditionExpression="retry = :one AND retry_ms <= :cutoff",
+                ExpressionAttributeValues={":one": {"S": "1"}, ":cutoff": {"N": str(before_ms)}},
+                **kwargs,
+            )
+            records += [_record(item) for item in response.get("Items", [])]
+            start = response.get("LastEvaluatedKey")
+            if not start:
+                return records
 
     def mark(self, review_id: str, field: str, at: datetime) -> bool:
         from botocore.exceptions import ClientError
@@ -546,6 +717,8 @@ def create_review_tables(client: Any, table: str, audit_table: str) -> None:
                 {"AttributeName": "sort_key", "AttributeType": "S"},
                 {"AttributeName": "pending", "AttributeType": "S"},
                 {"AttributeName": "created_ms", "AttributeType": "N"},
+                {"AttributeName": "retry", "AttributeType": "S"},
+                {"AttributeName": "retry_ms", "AttributeType": "N"},
             ],
             GlobalSecondaryIndexes=[
                 {
@@ -561,6 +734,14 @@ def create_review_tables(client: Any, table: str, audit_table: str) -> None:
                     "KeySchema": [
                         {"AttributeName": "pending", "KeyType": "HASH"},
                         {"AttributeName": "created_ms", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "ALL"},
+                },
+                {
+                    "IndexName": RETRY_INDEX,
+                    "KeySchema": [
+                        {"AttributeName": "retry", "KeyType": "HASH"},
+                        {"AttributeName": "retry_ms", "KeyType": "RANGE"},
                     ],
                     "Projection": {"ProjectionType": "ALL"},
                 },

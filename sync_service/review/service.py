@@ -28,11 +28,16 @@ from sync_service.alerts.cases import SOURCE_LABELS, CaseDetails, clean_agencies
 from sync_service.alerts.config import AlertSettings, Recipient, SiteSettings
 from sync_service.alerts.galleries import GalleryPerson
 from sync_service.alerts.sms import AlertText, short_message
-from sync_service.alerts.stores import Attachment, DecisionStore, Message, PartialSend, SmsSender
+from sync_service.alerts.stores import Attachment, DecisionStore, Message, PartialSend, SmsSender, is_email
 from sync_service.review.records import (
     _ID_ALPHABET,
+    DELIVERY_RETRIES,
+    ESCALATION,
+    FOLLOWUP,
+    RESPONDERS,
     CasePhoto,
     Decided,
+    Delivery,
     ReviewRecord,
     ReviewStore,
     State,
@@ -42,6 +47,12 @@ from sync_service.store import Store, StoredCase, StoreError
 log = logging.getLogger("mpd-alerts")
 
 CASE_PHOTOS_SHOWN = 3
+# Retrying a notification: the sweep runs every minute on AWS (every 30 s locally); within
+# an attempt botocore already retried each request. 30 s, 1, 2, 4, 8, then every 10 minutes
+# until MPD_NOTIFY_RETRY_ATTEMPTS or MPD_NOTIFY_RETRY_MINUTES is reached.
+RETRY_FIRST_MS = 30_000
+RETRY_LONGEST_MS = 10 * 60_000
+FAR_FUTURE_MS = 2**53
 
 
 def review_id_for(event_id: str) -> str:
@@ -322,72 +333,222 @@ class ReviewService:
     # --- decisions ---------------------------------------------------------------------
 
     def decide(self, review_id: str, user: str, confirm: bool, note: str = "") -> Outcome:
-        """Confirm or dismiss; raises ``Decided`` if someone else decided first."""
-        now = self.clock()
-        at = datetime.fromtimestamp(now, UTC)
-        state = State.CONFIRMED if confirm else State.DISMISSED
-        record = self.reviews.decide(review_id, state, user, at, note.strip()[:500])
-        self.reviews.audit(review_id, user, state.value, note.strip()[:500])
-        site = self.site(record.site)
-        outcome = Outcome(record)
-        try:
-            if confirm and record.mode == "before" and not record.rate_limited:
-                outcome.sent = self._send(
-                    self.responders(site, record), site, lambda lang: self.responder_message(record, lang, True)
-                )
-                self.reviews.mark(review_id, "responders_notified_at", at)
-            elif confirm and record.rate_limited:
-                outcome.sent = self._send(
-                    self.responders(site, record), site, lambda lang: self.responder_message(record, lang, True)
-                )
-            if not confirm:
-                minutes = site.suppress_after_dismissal_minutes
-                if minutes:
-                    until_ms = int(now * 1000) + minutes * 60_000
-                    self.decisions.suppress(suppression_key(record.site, record.source, record.case_id), until_ms, user)
-                if record.responders_notified_at is not None and self.reviews.mark(review_id, "followup_sent_at", at):
-                    outcome.sent = self._send(
-                        self.responders(site, record), site, lambda lang: self.followup_message(record, lang)
-                    )
-        except Exception as error:  # the decision stands; say what did not go out
-            log.exception("sending after a decision failed", extra={"review_id": review_id})
-            outcome.error = f"{type(error).__name__}: {error}"[:200]
-            self.reviews.audit(review_id, "system", "notify_failed", outcome.error)
-        if outcome.sent:
-            self.reviews.audit(review_id, "system", "notified", ", ".join(sorted(outcome.sent)))
-        return outcome
+        """Confirm or dismiss; raises ``Decided`` if someone else decided first.
 
-    # --- the clock: escalation, expiry ---------------------------------------------------
-
-    def sweep(self) -> dict[str, int]:
-        """Escalate pending alerts past their site's minutes; expire those past its hours."""
+        The notifications the decision calls for are written with it (one conditional
+        write), then tried at once; whatever does not go out is retried by the sweep."""
         now = self.clock()
         now_ms = int(now * 1000)
-        done = {"escalated": 0, "expired": 0}
+        at = datetime.fromtimestamp(now, UTC)
+        state = State.CONFIRMED if confirm else State.DISMISSED
+
+        created: set[str] = set()
+
+        def plan(current: ReviewRecord) -> dict[str, Delivery]:
+            changes = _cancelled(current, ESCALATION)  # decided: the second reviewers need not look
+            if confirm and (current.mode == "before" or current.rate_limited):
+                changes[RESPONDERS] = Delivery(created_ms=now_ms, next_ms=now_ms)
+            if not confirm and current.responders_notified_at is not None:  # review: after
+                changes[FOLLOWUP] = Delivery(created_ms=now_ms, next_ms=now_ms)
+            created.clear()
+            created.update(kind for kind in (RESPONDERS, FOLLOWUP) if kind in changes)
+            return changes
+
+        record = self.reviews.decide(review_id, state, user, at, note.strip()[:500], plan)
+        self.reviews.audit(review_id, user, state.value, note.strip()[:500])
+        site = self.site(record.site)
+        if not confirm and site.suppress_after_dismissal_minutes:
+            until_ms = now_ms + site.suppress_after_dismissal_minutes * 60_000
+            self.decisions.suppress(suppression_key(record.site, record.source, record.case_id), until_ms, user)
+        outcome = Outcome(record)
+        for kind in sorted(created):
+            attempt = self.deliver(review_id, kind)
+            outcome.sent |= attempt.sent
+            outcome.error = attempt.error or outcome.error
+        outcome.record = self.reviews.get(review_id) or record
+        return outcome
+
+    # --- notifications after the alert was opened: delivered, or retried ------------------
+
+    def _recipients(self, record: ReviewRecord, kind: str) -> tuple[list[Recipient | str], Callable[[str], Message]]:
+        site = self.site(record.site)
+        if kind == RESPONDERS:
+            return self.responders(site, record), lambda lang: self.responder_message(record, lang, True)
+        if kind == FOLLOWUP:
+            return self.responders(site, record), lambda lang: self.followup_message(record, lang)
+        if kind == ESCALATION:
+            return list(site.second_reviewers), lambda lang: self.reviewer_message(record, lang, True)
+        raise ValueError(f"unknown notification {kind!r}")
+
+    def retry_delay_ms(self, attempts: int) -> int:
+        """After the ``attempts``-th failed attempt: 30 s, doubling, at most 10 minutes."""
+        return min(RETRY_FIRST_MS * 2 ** max(attempts - 1, 0), RETRY_LONGEST_MS)
+
+    def _change(
+        self, review_id: str, kind: str, change: Callable[[Delivery], Delivery | None]
+    ) -> tuple[ReviewRecord, Delivery] | None:
+        """Apply ``change`` to one delivery by compare-and-set, re-reading on a conflict;
+        None if the delivery is gone or ``change`` declines."""
+        for _ in range(DELIVERY_RETRIES):
+            record = self.reviews.get(review_id)
+            if record is None or kind not in record.deliveries:
+                return None
+            changed = change(record.deliveries[kind])
+            if changed is None:
+                return None
+            updated = self.reviews.update_deliveries(record, record.deliveries | {kind: changed})
+            if updated is not None:
+                return updated, changed
+        raise RuntimeError(f"review {review_id}: notification {kind} kept changing under us")
+
+    def deliver(self, review_id: str, kind: str) -> Attempt:
+        """One attempt at a due delivery, to whoever has not got it yet.
+
+        The attempt is taken first (attempts + 1, next try pushed back: a lease no other
+        sweep or server takes before it is due again), then sent, then recorded. Who got
+        it is never sent it again; after the bound it is given up, audited and shown."""
+        now_ms = int(self.clock() * 1000)
+
+        def take(delivery: Delivery) -> Delivery | None:
+            if delivery.status != "due" or delivery.next_ms > now_ms:
+                return None  # delivered, given up, or another attempt holds it
+            attempts = delivery.attempts + 1
+            return delivery.model_copy(update={"attempts": attempts, "next_ms": now_ms + self.retry_delay_ms(attempts)})
+
+        taken = self._change(review_id, kind, take)
+        if taken is None:
+            return Attempt()
+        record, delivery = taken
+        if self._past_bound(delivery, now_ms):
+            return self._give_up(review_id, kind, delivery.error or "not delivered in time")
+        recipients, message = self._recipients(record, kind)
+        site = self.site(record.site)
+        sent: dict[str, str] = {}
+        error: str | None = None
+        try:
+            sent = self._send(recipients, site, message, skip=delivery.sent.keys())
+        except PartialSend as partial:
+            sent, error = partial.sent, _describe(partial.__cause__ or partial)
+        except Exception as failure:  # the decision stands; this is retried
+            error = _describe(failure)
+        # Who must get it: e-mail counts only where a mail sender is configured (SMS is the alert).
+        email_too = getattr(self.sender, "sends_email", True)
+        everyone = [
+            a
+            for addresses in self._addresses(recipients, site).values()
+            for a in addresses
+            if email_too or not is_email(a)
+        ]
+
+        def record_result(current: Delivery) -> Delivery:
+            got = current.sent | sent
+            missing = [a for a in everyone if a not in got]
+            status = "delivered" if error is None and not missing else current.status
+            return current.model_copy(update={"sent": got, "missing": missing, "status": status, "error": error or ""})
+
+        result = self._change(review_id, kind, record_result)
+        if sent:
+            action = "escalated" if kind == ESCALATION else "notified"
+            self.reviews.audit(review_id, "system", action, f"{kind}: " + ", ".join(sorted(sent)))
+        if error is None:
+            return Attempt(sent)
+        log.error("notification failed", extra={"review_id": review_id, "kind": kind, "error": error})
+        done = result[1] if result else delivery
+        if done.attempts >= self.settings.notify_retry_attempts or self._past_bound(done, done.next_ms):
+            return self._give_up(review_id, kind, error, sent)
+        self.reviews.audit(
+            review_id,
+            "system",
+            "notify_failed",
+            f"{kind}, attempt {done.attempts}: {error}; not reached: {', '.join(done.missing)};"
+            f" next try in {max(0, done.next_ms - now_ms) // 1000} s",
+        )
+        return Attempt(sent, error)
+
+    def _past_bound(self, delivery: Delivery, at_ms: int) -> bool:
+        return at_ms - delivery.created_ms >= self.settings.notify_retry_minutes * 60_000
+
+    def _give_up(self, review_id: str, kind: str, error: str, sent: dict[str, str] | None = None) -> Attempt:
+        changed = self._change(review_id, kind, lambda d: d.model_copy(update={"status": "failed", "error": error}))
+        missing = ", ".join(changed[1].missing) if changed else "?"
+        attempts = changed[1].attempts if changed else "?"
+        log.error("notification given up", extra={"review_id": review_id, "kind": kind, "missing": missing})
+        self.reviews.audit(
+            review_id,
+            "system",
+            "notify_gave_up",
+            f"{kind} after {attempts} attempts: {error}; never reached: {missing}",
+        )
+        return Attempt(sent or {}, error, gave_up=True)
+
+    # --- the clock: escalation, expiry, retries ------------------------------------------
+
+    def sweep(self) -> dict[str, int]:
+        """Escalate pending alerts past their site's minutes; expire those past its hours;
+        retry notifications that are due. Counts what it did, and how many wait for a retry."""
+        now = self.clock()
+        now_ms = int(now * 1000)
+        done = {"escalated": 0, "expired": 0, "retried": 0, "gave_up": 0, "awaiting_retry": 0}
         shortest = min([s.escalate_after_minutes for s in self.settings.sites.sites.values()] + [10, 1])
         for record in self.reviews.pending_before(now_ms - shortest * 60_000):
             site = self.site(record.site)
             age_ms = now_ms - record.created_ms
             if age_ms >= site.expire_after_hours * 3_600_000:
                 try:
-                    self.reviews.decide(record.review_id, State.EXPIRED, "system", datetime.fromtimestamp(now, UTC), "")
+                    self.reviews.decide(
+                        record.review_id,
+                        State.EXPIRED,
+                        "system",
+                        datetime.fromtimestamp(now, UTC),
+                        "",
+                        lambda current: _cancelled(current, ESCALATION),
+                    )
                 except Decided:
                     continue
                 self.reviews.audit(record.review_id, "system", "expired")
                 done["expired"] += 1
                 continue
-            if age_ms >= site.escalate_after_minutes * 60_000 and site.second_reviewers and not record.rate_limited:
-                if self.reviews.mark(record.review_id, "escalated_at", datetime.fromtimestamp(now, UTC)):
-                    try:
-                        sent = self._send(
-                            site.second_reviewers, site, lambda lang, r=record: self.reviewer_message(r, lang, True)
-                        )
-                        self.reviews.audit(record.review_id, "system", "escalated", ", ".join(sorted(sent)))
-                        done["escalated"] += 1
-                    except Exception as error:
-                        log.exception("escalation failed", extra={"review_id": record.review_id})
-                        self.reviews.audit(record.review_id, "system", "notify_failed", repr(error)[:200])
+            due = age_ms >= site.escalate_after_minutes * 60_000
+            if due and site.second_reviewers and not record.rate_limited and ESCALATION not in record.deliveries:
+                # Adding the delivery is the once-only guard: a conditional write.
+                added = self.reviews.update_deliveries(
+                    record, record.deliveries | {ESCALATION: Delivery(created_ms=now_ms, next_ms=now_ms)}
+                )
+                if added is not None:
+                    done["escalated"] += bool(self.deliver(record.review_id, ESCALATION).sent)
+        # Notifications due: retries, and first attempts whose process died before making them.
+        for record in self.reviews.deliveries_due(now_ms):
+            for kind, delivery in record.deliveries.items():
+                if delivery.status == "due" and delivery.next_ms <= now_ms:
+                    attempt = self.deliver(record.review_id, kind)
+                    done["retried"] += 1
+                    done["gave_up"] += attempt.gave_up
+        done["awaiting_retry"] = sum(
+            delivery.status == "due"
+            for record in self.reviews.deliveries_due(FAR_FUTURE_MS)
+            for delivery in record.deliveries.values()
+        )
         purge = getattr(self.reviews, "purge_expired", None)
         if purge is not None:
             purge(now)
         return done
+
+
+@dataclass
+class Attempt:
+    """What one delivery attempt did."""
+
+    sent: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    gave_up: bool = False
+
+
+def _cancelled(record: ReviewRecord, kind: str) -> dict[str, Delivery]:
+    delivery = record.deliveries.get(kind)
+    if delivery is None or delivery.status != "due":
+        return {}
+    return {kind: delivery.model_copy(update={"status": "cancelled"})}
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:200]

@@ -30,6 +30,7 @@ from sync_service.review.records import Decided, ReviewRecord, State, is_review_
 from sync_service.review.service import ReviewService
 
 PAGE_SIZE = 25
+DELIVERY_LABELS = {"responders": "Responders", "followup": "Follow-up to responders", "escalation": "Second reviewers"}
 SESSION_MAX_HOURS = 12  # a stolen cookie is worthless after a shift, idle or not
 
 
@@ -197,6 +198,7 @@ def create_app(
             "alert.html",
             record=record,
             agency_told=[address for r in told for address in (r.phone, r.email) if address],
+            delivery_labels=DELIVERY_LABELS,
             form=DecisionForm(),
             trail=service.reviews.audit_trail(record.review_id)[-20:],
             photos=range(len(record.case_photos)),
@@ -228,7 +230,11 @@ def create_app(
         told = f" {len(outcome.sent)} recipient(s) notified." if outcome.sent else ""
         flash(f"{what}.{told}", "ok")
         if outcome.error:
-            flash(f"Sending failed: {outcome.error}. The decision is recorded.", "error")
+            flash(
+                f"Sending failed: {outcome.error}. The decision is recorded; the message is retried"
+                " automatically until everyone got it (see Notifications).",
+                "error",
+            )
         return redirect(url_for("alert", review_id=record.review_id))
 
     def image(data: bytes | None, subtype: str = "jpeg") -> Response:
