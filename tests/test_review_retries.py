@@ -199,6 +199,29 @@ def test_retries_stop_at_the_age_bound_too(world_factory, monkeypatch):
     assert down.review.reviews.get(review_id).deliveries[RESPONDERS].status == "failed"
 
 
+def test_a_slow_send_is_not_taken_over_by_a_sweep_meanwhile(world_factory, monkeypatch):
+    """SNS answers slowly (botocore retrying inside the attempt): a sweep that runs while
+    the Confirm is still sending must leave that attempt alone, not send it a second time."""
+    world = world_factory("before")
+    clock = Clock()
+    review_id = world.service(clock=clock).handle(rule_event(make_event()))["review_id"]
+    slow = world.service(clock=clock)
+    send = slow.review.sender.send
+    meanwhile: list[int] = []
+
+    def slow_send(*args: Any, **kwargs: Any) -> dict[str, str]:
+        clock.now += 45  # past the first retry's 30 s
+        meanwhile.append(world.service(clock=clock).review.sweep()["retried"])
+        return send(*args, **kwargs)
+
+    monkeypatch.setattr(slow.review.sender, "send", slow_send)
+    outcome = slow.review.decide(review_id, "alice", confirm=True)
+
+    assert outcome.error is None and outcome.record.deliveries[RESPONDERS].status == "delivered"
+    assert meanwhile == [0, 0]  # one send per language, each with a sweep beside it
+    assert len(world.sms_to(RESPONDER)) == 1 and len(world.sms_to(RESPONDER_ES)) == 1
+
+
 def test_a_decision_whose_process_died_before_sending_is_delivered_by_the_sweep(world_factory):
     """The confirmation and the message it owes are one write: dying right after it loses nothing."""
     world = world_factory("before")

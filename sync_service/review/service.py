@@ -52,6 +52,10 @@ CASE_PHOTOS_SHOWN = 3
 # until MPD_NOTIFY_RETRY_ATTEMPTS or MPD_NOTIFY_RETRY_MINUTES is reached.
 RETRY_FIRST_MS = 30_000
 RETRY_LONGEST_MS = 10 * 60_000
+# While an attempt runs, nobody else takes it before this: longer than any process that
+# sends can live (the review Lambda times out after 15 s, the sweep after 60 s), so a slow
+# send (botocore retrying a sick SNS) is never taken over and sent twice.
+ATTEMPT_LEASE_MS = 2 * 60_000
 FAR_FUTURE_MS = 2**53
 
 
@@ -404,16 +408,16 @@ class ReviewService:
     def deliver(self, review_id: str, kind: str) -> Attempt:
         """One attempt at a due delivery, to whoever has not got it yet.
 
-        The attempt is taken first (attempts + 1, next try pushed back: a lease no other
-        sweep or server takes before it is due again), then sent, then recorded. Who got
-        it is never sent it again; after the bound it is given up, audited and shown."""
+        The attempt is taken first (attempts + 1, next try pushed back by the lease, which
+        no other sweep or server takes), then sent, then recorded with its next try (the
+        backoff after a failure). Who got it is never sent it again; after the bound it is
+        given up, audited and shown."""
         now_ms = int(self.clock() * 1000)
 
         def take(delivery: Delivery) -> Delivery | None:
             if delivery.status != "due" or delivery.next_ms > now_ms:
                 return None  # delivered, given up, or another attempt holds it
-            attempts = delivery.attempts + 1
-            return delivery.model_copy(update={"attempts": attempts, "next_ms": now_ms + self.retry_delay_ms(attempts)})
+            return delivery.model_copy(update={"attempts": delivery.attempts + 1, "next_ms": now_ms + ATTEMPT_LEASE_MS})
 
         taken = self._change(review_id, kind, take)
         if taken is None:
@@ -440,11 +444,16 @@ class ReviewService:
             if email_too or not is_email(a)
         ]
 
+        finished_ms = int(self.clock() * 1000)
+
         def record_result(current: Delivery) -> Delivery:
             got = current.sent | sent
             missing = [a for a in everyone if a not in got]
             status = "delivered" if error is None and not missing else current.status
-            return current.model_copy(update={"sent": got, "missing": missing, "status": status, "error": error or ""})
+            next_ms = finished_ms + self.retry_delay_ms(current.attempts)
+            return current.model_copy(
+                update={"sent": got, "missing": missing, "status": status, "error": error or "", "next_ms": next_ms}
+            )
 
         result = self._change(review_id, kind, record_result)
         if sent:
@@ -461,7 +470,7 @@ class ReviewService:
             "system",
             "notify_failed",
             f"{kind}, attempt {done.attempts}: {error}; not reached: {', '.join(done.missing)};"
-            f" next try in {max(0, done.next_ms - now_ms) // 1000} s",
+            f" next try in {max(0, done.next_ms - finished_ms) // 1000} s",
         )
         return Attempt(sent, error)
 
