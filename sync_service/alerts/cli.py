@@ -39,7 +39,9 @@ def cloud_group() -> None:
     "--review-port", type=int, default=8080, show_default=True, help="Port of the review page (0: any free one)."
 )
 @click.option("--review/--no-review", "serve_review", default=True, show_default=True, help="Serve the review page.")
-@click.option("--sweep-seconds", type=float, default=30.0, show_default=True, help="How often to escalate/expire.")
+@click.option(
+    "--sweep-seconds", type=float, default=30.0, show_default=True, help="How often to escalate/expire/retry."
+)
 def serve_command(
     mqtt_host: str,
     mqtt_port: int,

@@ -127,9 +127,10 @@ class ReviewRecord(BaseModel):
     decided_by: str | None = None
     decided_at: datetime | None = None
     note: str = ""
-    escalated_at: datetime | None = None
+    # ``review: after``: responders were texted at once, so a dismissal owes them a follow-up.
+    # (Escalations and follow-ups are tracked in ``deliveries``; older records' escalated_at
+    # and followup_sent_at are ignored.)
     responders_notified_at: datetime | None = None
-    followup_sent_at: datetime | None = None
     deliveries: dict[str, Delivery] = Field(default_factory=dict)  # kind -> its notification
     deliveries_rev: int = 0  # bumped by every change of ``deliveries`` (compare-and-set)
     expires_at: int  # the record's TTL (epoch seconds)
@@ -207,8 +208,8 @@ class ReviewStore(Protocol):
     def get_crop(self, review_id: str) -> bytes | None: ...
 
 
-# Fields a ``mark`` may set once (escalation, notification bookkeeping).
-MARKS = ("escalated_at", "responders_notified_at", "followup_sent_at")
+# Fields a ``mark`` may set once.
+MARKS = ("responders_notified_at",)
 
 # --- one machine ------------------------------------------------------------------------
 

@@ -232,7 +232,7 @@ def create_app(
         if outcome.error:
             flash(
                 f"Sending failed: {outcome.error}. The decision is recorded; the message is retried"
-                " automatically until everyone got it (see Notifications).",
+                " automatically (see Notifications).",
                 "error",
             )
         return redirect(url_for("alert", review_id=record.review_id))
