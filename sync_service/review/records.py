@@ -563,21 +563,18 @@ class DynamoReviewStore:
             return None
         return updated
 
+    def _sparse_query(self, index: str, condition: str, cutoff: int) -> list[ReviewRecord]:
+        """Every record of a sparse index (partition key "1") up to ``cutoff``, all pages."""
+        pages = self.dynamodb.get_paginator("query").paginate(
+            TableName=self.table,
+            IndexName=index,
+            KeyConditionExpression=condition,
+            ExpressionAttributeValues={":one": {"S": "1"}, ":cutoff": {"N": str(cutoff)}},
+        )
+        return [_record(item) for page in pages for item in page.get("Items", [])]
+
     def deliveries_due(self, before_ms: int) -> list[ReviewRecord]:
-        records, start = [], None
-        while True:
-            kwargs = {"ExclusiveStartKey": start} if start else {}
-            response = self.dynamodb.query(
-                TableName=self.table,
-                IndexName=RETRY_INDEX,
-                KeyConditionExpression="retry = :one AND retry_ms <= :cutoff",
-                ExpressionAttributeValues={":one": {"S": "1"}, ":cutoff": {"N": str(before_ms)}},
-                **kwargs,
-            )
-            records += [_record(item) for item in response.get("Items", [])]
-            start = response.get("LastEvaluatedKey")
-            if not start:
-                return records
+        return self._sparse_query(RETRY_INDEX, "retry = :one AND retry_ms <= :cutoff", before_ms)
 
     def mark(self, review_id: str, field: str, at: datetime) -> bool:
         from botocore.exceptions import ClientError
@@ -616,20 +613,7 @@ class DynamoReviewStore:
         return records[:limit]
 
     def pending_before(self, created_ms: int) -> list[ReviewRecord]:
-        records, start = [], None
-        while True:
-            kwargs = {"ExclusiveStartKey": start} if start else {}
-            response = self.dynamodb.query(
-                TableName=self.table,
-                IndexName=PENDING_INDEX,
-                KeyConditionExpression="pending = :one AND created_ms < :cutoff",
-                ExpressionAttributeValues={":one": {"S": "1"}, ":cutoff": {"N": str(created_ms)}},
-                **kwargs,
-            )
-            records += [_record(item) for item in response.get("Items", [])]
-            start = response.get("LastEvaluatedKey")
-            if not start:
-                return records
+        return self._sparse_query(PENDING_INDEX, "pending = :one AND created_ms < :cutoff", created_ms)
 
     def count(self, sites: Iterable[str]) -> dict[str, int]:
         counts: dict[str, int] = {}
