@@ -101,6 +101,11 @@ class FrameProcessor:
             tracker = self.trackers[camera_id] = Tracker(camera_id)
         return tracker
 
+    def deciding(self, camera_id: str) -> bool:
+        """The camera has a track still collecting its votes (the frame scheduler serves it first)."""
+        tracker = self.trackers.get(camera_id)
+        return tracker is not None and tracker.deciding(self.settings)
+
     def active_tracks(self) -> int:
         return sum(len(t.tracks) for t in self.trackers.values())
 

@@ -1,7 +1,9 @@
 """Runs the device: capture threads, the frame loop, the outbox sender and health.
 
-One frame loop serves every camera (round robin over their newest frames); on two
-cores the capture threads decode while the loop runs the models. ``apply_update``
+One frame loop serves every camera's newest frames: cameras deciding about a face first,
+the rest round robin (edge_app/pipeline/schedule.py), so an overloaded device still
+confirms people one camera after another; on two cores the capture threads decode while
+the loop runs the models. ``apply_update``
 takes a validated configuration change (thresholds, confirmation, cooldown, cameras)
 while running; the Greengrass component feeds its IPC configuration updates into it.
 """
@@ -24,8 +26,9 @@ from edge_app.health import RATE_WINDOW_S, HealthReporter
 from edge_app.match_event import CameraHealth, HealthReport, StorageHealth
 from edge_app.outbox import Outbox, OutboxSender
 from edge_app.pipeline.capture import Capture, Frame, FrameSource, Reconnect
-from edge_app.pipeline.frame_loop import FrameProcessor
+from edge_app.pipeline.frame_loop import DETECT, FrameProcessor
 from edge_app.pipeline.motion import MotionGate, MotionSettings
+from edge_app.pipeline.schedule import FrameScheduler
 from edge_app.publishers import Publisher
 
 log = logging.getLogger(__name__)
@@ -79,6 +82,7 @@ class EdgeRunner:
             config.recognition,
             motion=MotionGate(motion_settings(config.motion)),
         )
+        self.scheduler = FrameScheduler()
         self.captures: dict[str, Capture] = {}
         self.finished_captures: list[Capture] = []
         self.sender: OutboxSender | None = None
@@ -150,31 +154,34 @@ class EdgeRunner:
         return self.summary()
 
     def _frames(self) -> Iterator[Frame]:
-        """Newest frames of every camera, round robin, until all sources end or a stop."""
+        """Newest frames of every camera, in the scheduler's order, until all sources end or a stop."""
         while not self._stop.is_set():
             with self._lock:
                 captures = list(self.captures.values())
             if not captures:
                 return
-            got_frame = False
-            for capture in captures:
-                frame = capture.take(timeout=0.05 if len(captures) == 1 else 0.0)
-                if frame is None:
-                    if capture.exhausted:
-                        self._retire(capture)
-                    continue
-                got_frame = True
+            if len(captures) == 1:
+                frame = captures[0].take(timeout=0.05)
+                exhausted = captures if frame is None and captures[0].exhausted else []
+            else:
+                frame, exhausted = self.scheduler.next_frame(captures)
+            for capture in exhausted:
+                self._retire(capture)
+            if frame is not None:
                 yield frame
-                if self._stop.is_set():
-                    return
-            if not got_frame and len(captures) > 1:
+            elif len(captures) > 1:
                 time.sleep(0.005)
+
+    def _process(self, frame: Frame, faces=DETECT) -> None:
+        self.processor.process(frame, faces)
+        deciding = self.processor.deciding(frame.camera_id)
+        self.scheduler.processed(frame, deciding, self.processor.settings.track_timeout_s)
+        self._maybe_status()
 
     def _loop(self) -> None:
         if not self.overlap:
             for frame in self._frames():
-                self.processor.process(frame)
-                self._maybe_status()
+                self._process(frame)
             return
         # Two stages on two cores: detection of the next frame runs while this frame is
         # tracked, embedded and searched. OpenCV releases the GIL inside both models.
@@ -192,8 +199,7 @@ class EdgeRunner:
                 if item is _END or self._stop.is_set():
                     break
                 frame, faces = item
-                self.processor.process(frame, faces)
-                self._maybe_status()
+                self._process(frame, faces)
         finally:
             self._stop_detect.set()
             detector.join(timeout=5)
@@ -400,6 +406,7 @@ class EdgeRunner:
             if self.captures.get(capture.camera_id) is capture:
                 del self.captures[capture.camera_id]
                 self.finished_captures.append(capture)
+                self.scheduler.forget(capture.camera_id)
 
     def _shutdown_captures(self) -> None:
         for capture in self._all_captures():

@@ -59,6 +59,7 @@ class Track:
     fused_sum: np.ndarray | None = None  # quality-weighted sum of the frames' embeddings
     fused_frames: int = 0
     frames_since_embed: int = 0
+    looks: int = 1  # processed frames in which the track was found
     confirmed_person: str | None = None
     started_mono: float | None = None  # monotonic time of the track's first frame, for latency
     # Best frame per voted person: (similarity, crop). Kept in memory only, and only for
@@ -82,6 +83,15 @@ class Track:
         if settled_stranger:
             return self.frames_since_embed >= settings.stranger_every
         return True
+
+    def deciding(self, settings: RecognitionConfig) -> bool:
+        """Still collecting its first window of votes (the track a busy device looks at first).
+        Bounded by looks too: a face the quality gate always refuses decides nothing."""
+        return (
+            self.confirmed_person is None
+            and len(self.votes) < settings.confirm_window
+            and self.looks <= 2 * settings.confirm_window
+        )
 
 
 @dataclass(frozen=True)
@@ -174,6 +184,7 @@ class Tracker:
                 track.box = box
                 track.last_frame, track.last_seen_t, track.last_seen_wall = frame, now_t, now_wall
                 track.frames_since_embed += 1
+                track.looks += 1
             result.append(track)
         return result
 
@@ -227,6 +238,10 @@ class Tracker:
             frames_used=len(agreeing),
             in_cooldown=in_cooldown,
         )
+
+    def deciding(self, settings: RecognitionConfig) -> bool:
+        """Some track of this camera is still deciding (``Track.deciding``)."""
+        return any(track.deciding(settings) for track in self.tracks.values())
 
     def in_cooldown(self, person_id: str, now_t: float, settings: RecognitionConfig) -> bool:
         last = self._last_confirmed.get(person_id)
