@@ -392,6 +392,7 @@ class EdgeRunner:
                     capture.stop()
                     del self.captures[camera_id]
                     self.finished_captures.append(capture)
+                    self.scheduler.forget(camera_id)
             for camera_id, capture in opened.items():
                 self.captures[camera_id] = capture
                 if start:
