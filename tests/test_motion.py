@@ -57,6 +57,28 @@ def test_a_still_scene_is_still_checked_every_recheck_interval():
     assert all(off.worth_detecting("door", still, index / 10, has_tracks=False) for index in range(20))
 
 
+def test_cameras_started_together_recheck_on_their_own_frames_not_all_at_once():
+    # 16 still cameras on one clock: aligned rechecks meant 16 detections on one frame every
+    # 2 s, the bursts in which a gated device dropped frames (benchmarks/bench_cameras.py).
+    gate = MotionGate(MotionSettings(recheck_s=2.0))
+    still = np.full((120, 160, 3), 100, np.uint8)
+    cameras = [f"cam{i}" for i in range(16)]
+    per_frame, last = [], {}
+    gaps = []
+    for index in range(200):  # 20 s at 10 fps
+        clock = index / 10
+        detected = [c for c in cameras if gate.worth_detecting(c, still, clock, has_tracks=False)]
+        per_frame.append(len(detected))
+        for camera in detected:
+            if camera in last:
+                gaps.append(clock - last[camera])
+            last[camera] = clock
+    assert per_frame[0] == 16, "every camera is looked at on its first frame"
+    assert max(per_frame[1:]) <= 3, f"rechecks bunched up: {max(per_frame[1:])} cameras on one frame"
+    assert max(gaps) <= 2.0 + 0.1 + 1e-9, "no camera waits longer than recheck_s (and its next frame)"
+    assert sum(per_frame[1:]) >= 16 * 9, "each camera is still rechecked every 2 s"
+
+
 def test_the_pipeline_confirms_the_same_person_on_the_same_frames_with_the_gate(tmp_path, bundle, quiet_scene):
     video, _ = quiet_scene
     results = {}

@@ -9,7 +9,10 @@ at least ``min_area`` of its pixels changed by more than ``pixel_threshold`` gre
 
 Detection still runs, motion or not, while the camera has live tracks (a person standing
 still stays tracked until confirmed or gone) and at least every ``recheck_s`` seconds (a
-person who entered while the gate was wrong is found within that time).
+person who entered while the gate was wrong is found within that time). Each camera's
+rechecks run on its own phase: cameras started together would otherwise all recheck on the
+same frame, and those bursts (16 detections at once every 2 s) were where a gated device
+dropped its frames.
 """
 
 from __future__ import annotations
@@ -31,10 +34,15 @@ class MotionSettings:
     recheck_s: float = 2.0  # detect at least this often anyway
 
 
+# Spreads the cameras' recheck phases evenly whatever their number (the golden ratio's fraction).
+PHASE_STEP = 0.6180339887
+
+
 class _CameraState:
-    def __init__(self) -> None:
+    def __init__(self, phase: float) -> None:
         self.previous: np.ndarray | None = None
-        self.last_detect = float("-inf")
+        self.last_detect: float | None = None
+        self.phase = phase  # fraction of recheck_s by which this camera's rechecks are shifted
         self.skipped = RecentRate()
 
 
@@ -50,7 +58,8 @@ class MotionGate:
         settings = self.settings
         state = self._cameras.get(camera_id)
         if state is None:
-            state = self._cameras[camera_id] = _CameraState()
+            phase = (len(self._cameras) * PHASE_STEP) % 1.0
+            state = self._cameras[camera_id] = _CameraState(phase)
         small = self._small(image, settings.width)
         previous, state.previous = state.previous, small
         if not settings.enabled or previous is None or previous.shape != small.shape:
@@ -60,6 +69,9 @@ class MotionGate:
                 cv2.threshold(cv2.absdiff(small, previous), settings.pixel_threshold, 255, cv2.THRESH_BINARY)[1]
             )
             moved = changed >= settings.min_area * small.size
+        if state.last_detect is None:  # the first frame: detect, and start the camera's own recheck phase
+            state.last_detect = clock - state.phase * settings.recheck_s
+            return True
         if moved or has_tracks or clock - state.last_detect >= settings.recheck_s:
             state.last_detect = clock
             return True
