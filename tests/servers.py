@@ -1,6 +1,5 @@
 """Real local servers for integration tests: mosquitto with mutual TLS and per-certificate
-topic ACLs (the IoT Core stand-in) and moto in server mode (S3, DynamoDB, SNS). See
-../shared/docs/local-aws.md.
+topic ACLs (the IoT Core stand-in) and moto in server mode (S3, DynamoDB, SNS).
 
 Used through the fixtures in conftest.py. Each server binds 127.0.0.1 on a free port.
 """

@@ -1,7 +1,7 @@
 """Component configuration over Greengrass IPC: read at start, validate, apply, reject.
 
 FAKE (the only one in the suite, and only because no Greengrass nucleus runs here: it
-is not on any reachable registry, see ../shared/docs/local-aws.md section 6):
+is not on any package registry this project can install from):
 ``FakeNucleusConnection`` stands in for the nucleus IPC socket, i.e. the low-level
 ``awsiot.greengrasscoreipc.client.GreengrassCoreIPCClient`` with the same ``new_*``
 operation methods and ``activate``/``get_response``/``close`` operations. The real

@@ -1,4 +1,5 @@
-"""The gallery bundle: the one definition of its on-disk format (DESIGN.md step 2).
+"""The gallery bundle: the one definition of its on-disk format (docs/gallery.md), written by the
+cloud's nightly build and read by every device.
 
 A bundle is a directory:
 
@@ -96,7 +97,8 @@ class ScoreSpec(BaseModel):
 
 
 class PersonRow(BaseModel):
-    """No more personal data than an alert needs (DESIGN.md)."""
+    """A device's whole knowledge of a person: an id, a display name, source and case id; no more
+    personal data than an alert needs (the SMS fetches fresh details in the cloud)."""
 
     model_config = ConfigDict(extra="forbid")
     person_id: str = Field(min_length=1, max_length=128)

@@ -2,7 +2,7 @@
 
 The nucleus owns the MQTT connection and spools QoS 1 messages while offline, but its
 spool is small and in memory by default, and rejects new messages when full
-(../shared/docs/greengrass.md D3), so events still go through our durable outbox first.
+(docs/greengrass.md, DiskSpooler), so events still go through our durable outbox first.
 The component's recipe must allow ``aws.greengrass#PublishToIoTCore`` on
 ``mpd/{iot:thingName}/match`` and ``.../health``.
 """

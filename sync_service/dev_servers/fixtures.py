@@ -1,6 +1,6 @@
 """Write a dev source server's data folder from made-up cases.
 
-The folder holds each source's responses in their real JSON shapes (sources.md),
+The folder holds each source's responses in their real JSON shapes (docs/ingest.md),
 so the adapters parse here exactly what they parse in production:
 
     source.json                          {"source": "namus"}

@@ -1,6 +1,6 @@
 """Faithful local stand-ins for the NamUs, FBI Wanted and Interpol notice APIs.
 
-Serves the same endpoints and JSON shapes as the real services (sources.md) from a
+Serves the same endpoints and JSON shapes as the real services (docs/ingest.md) from a
 data folder written by ``fixtures.write_fixture_cases``, re-read on every request so
 a test can change cases between ingest runs. Faults are injected from a spec:
 

@@ -53,7 +53,7 @@ CASE_SET = "MissingPersons"
 # Photo categories that show the face (yokeay/baobeihuijia's PORTRAIT_CATEGORIES);
 # "Other" is often a tattoo, a vehicle or a poster.
 PORTRAIT_CATEGORIES = frozenset({"FacialCaseId", "ActualPhoto", "AgeProgression", "Composite"})
-# "take over ~2000 starts timing out" (sources.md); California's 3732 cases take 4 pages.
+# Searches asking for more than ~2,000 rows time out (docs/ingest.md); California's 3732 cases take 4 pages.
 PAGE_SIZE = 1000
 CASE_NUMBER = re.compile(r"^(?:MP)?(\d{1,9})$", re.IGNORECASE)
 # NamUs is a US system: agency phone numbers are national (NANP) numbers, "3407725605".

@@ -1,4 +1,4 @@
-"""The normalised person record every source adapter yields (DESIGN.md, step 1).
+"""The normalised person record every source adapter yields (docs/ingest.md).
 
 Sources disagree on almost everything (NamUs nests, FBI flattens, Interpol uses
 YYYY/MM/DD); adapters map their own shape into ``PersonRecord`` so the store, the
