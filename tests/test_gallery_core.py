@@ -16,13 +16,10 @@ from edge_app.gallery.bundle import (
 )
 from edge_app.gallery.gallery import Gallery
 from edge_app.gallery.search import HnswSearch
+from tests.gallery_factory import unit
 
 EMBEDDER = ModelRef(id="sface_2021dec_int8bq", sha256="b" * 64)
 DETECTOR = ModelRef(id="yunet_2023mar_int8bq", sha256="a" * 64)
-
-
-def unit(rows: np.ndarray) -> np.ndarray:
-    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
 
 
 @pytest.fixture()

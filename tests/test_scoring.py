@@ -22,13 +22,10 @@ from edge_app.gallery.search import HnswSearch
 from models.scoring import Cohort, CohortError, SNorm, cohort_for, shipped_cohort, template_vector
 from models.thresholds import threshold_for_gallery
 from sync_service.gallery.enrol import score_spec
+from tests.gallery_factory import unit
 
 EMBEDDER = ModelRef(id="sface", sha256="a" * 64)
 DETECTOR = ModelRef(id="yunet", sha256="b" * 64)
-
-
-def unit(rows: np.ndarray) -> np.ndarray:
-    return (rows / np.linalg.norm(rows, axis=-1, keepdims=True)).astype(np.float32)
 
 
 def test_cohort_statistics_equal_the_mean_and_std_over_the_cohort_itself():

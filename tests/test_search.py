@@ -7,10 +7,7 @@ import pytest
 
 from edge_app.gallery.bundle import HNSW_INDEX
 from edge_app.gallery.search import EXACT_MAX_VECTORS, ExactSearch, HnswSearch, build_search, choose_search, index_files
-
-
-def unit(rows: np.ndarray) -> np.ndarray:
-    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+from tests.gallery_factory import unit
 
 
 @pytest.fixture(scope="module")
