@@ -56,8 +56,8 @@ class SearchEngine(Protocol):
 def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k largest per row, sorted descending: (scores, column indices)."""
     if k <= SMALL_K < scores.shape[1]:
-        # A face needs its best one or two persons: k passes of argmax are ~100x cheaper than
-        # argpartition over a 25,000-row gallery (0.01 vs 0.35 ms).
+        # A face needs its best one or two persons: k passes of argmax are ~15x cheaper than
+        # argpartition over a 25,000-row gallery (0.018 vs 0.26 ms for k = 2).
         work = np.array(scores, dtype=np.float32, copy=True)
         rows = np.arange(len(work))
         top = np.empty((len(work), k), np.int64)

@@ -162,19 +162,19 @@ class FrameProcessor:
         counters.embed_s += time.perf_counter() - started
         counters.embedded += len(work)
         # Each face joins its track's fused embedding; the fused embeddings are searched in one batch.
-        fused = []
-        for position, ((face, track, aligned), vector) in enumerate(zip(work, vectors, strict=True)):
+        tracks, fused = [], []
+        for (face, track, _), vector in zip(work, vectors, strict=True):
             track = tracker.split_if_other_person(
                 track, vector, frame.index, frame.clock, frame.captured_wall, settings
             )
             if track.started_mono is None:
                 track.started_mono = frame.captured_mono
-            work[position] = (face, track, aligned)
+            tracks.append(track)
             fused.append(track.fuse(vector, fuse_weight(face.quality)))
         results = gallery.search(np.stack(fused), k=2)
 
         records = []
-        for (face, track, _), vector, matches in zip(work, vectors, results, strict=True):
+        for (face, _, _), track, vector, matches in zip(work, tracks, vectors, results, strict=True):
             vote = vote_from_matches(matches, threshold, settings.margin)
             crop = None
             if vote.person_id is not None and settings.send_crop:
