@@ -1,7 +1,8 @@
 """Cameras per device: one ``mpd edge run`` serving N cameras at 10 fps each, with and without
 motion gating, on a realistic mostly-empty scene.
 
-    .venv/bin/python benchmarks/bench_cameras.py [--cameras 8 12 16 20 24] [--repeats 3] [--synchronized] [--out result.json]
+    .venv/bin/python benchmarks/bench_cameras.py [--cameras 8 12 16 20 24] [--repeats 3] [--synchronized]
+        [--buffer-frames 3] [--out result.json]
 
 The scene (generated with demo/scenes.py from the shared face photos): 30 s at 10 fps,
 640x480, an empty yard with a slow light change and sensor noise, one gallery member
@@ -14,7 +15,9 @@ camera at once: the worst case for motion gating).
 
 For each camera count the gated and the ungated run follow each other (the order
 alternates between repeats), so both see the same machine load; the load average is
-recorded before and after every run. Prints one JSON document:
+recorded before and after every run. ``--buffer-frames 1 3`` runs each mode with each
+camera buffer size (``capture.buffer_frames``; 1 is "newest frame wins"), side by side, and
+names the modes ``gated/buffer=1`` etc. Prints one JSON document:
 
 - per camera count and mode: frames dropped (% of frames read, median over repeats),
   frames skipped for no motion, events (one per camera expected), time to confirm (video
@@ -106,7 +109,13 @@ def mostly_empty_scenes(models: FaceModels, work: Path) -> list[tuple[Path, int]
 
 
 def run(
-    bundle: Path, scenes: list[Path], gated: bool, work: Path, realtime: bool = True, max_frames: int | None = None
+    bundle: Path,
+    scenes: list[Path],
+    gated: bool,
+    work: Path,
+    realtime: bool = True,
+    max_frames: int | None = None,
+    buffer_frames: int | None = None,
 ) -> dict:
     cameras = len(scenes)
     config = work / f"edge-{cameras}-{gated}.json"
@@ -114,6 +123,7 @@ def run(
         "device_id": "bench", "publisher": "file", "file_path": str(work / "events.jsonl"),
         "outbox": {"path": str(work / f"outbox-{cameras}-{gated}" / "o.sqlite3")},
         "health_interval_s": 3600, "motion": {"enabled": gated},
+        "capture": {} if buffer_frames is None else {"buffer_frames": buffer_frames},
     }))  # fmt: skip
     command = [
         sys.executable,
@@ -182,8 +192,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--synchronized", action="store_true", help="the same video on every camera")
     parser.add_argument("--cpu-cameras", type=int, default=4, help="cameras in the lossless CPU-per-frame runs")
+    parser.add_argument(
+        "--buffer-frames", type=int, nargs="+", help="camera buffer sizes to compare (default: the config's)"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    buffers = args.buffer_frames or [None]
+
+    def mode_name(gated: bool, buffer: int | None) -> str:
+        name = "gated" if gated else "ungated"
+        return name if len(buffers) == 1 else f"{name}/buffer={buffer}"
+
     if not (FACES / "gallery").is_dir():
         sys.exit(f"shared face photos not found at {FACES}")
     models = FaceModels.load()
@@ -191,7 +210,8 @@ def main() -> None:
         work = Path(tmp)
         bundle = build_bundle(models, work / "bundle")
         scenes = mostly_empty_scenes(models, work)
-        runs: dict[int, dict[str, list[dict]]] = {n: {"gated": [], "ungated": []} for n in args.cameras}
+        modes = [(gated, buffer) for gated in (True, False) for buffer in buffers]
+        runs = {n: {mode_name(*mode): [] for mode in modes} for n in args.cameras}
         cpu: dict[str, list[float]] = {"gated": [], "ungated": []}
         lossless = [scenes[0 if args.synchronized else i % SHIFTS][0] for i in range(args.cpu_cameras)]
         for repeat in range(args.repeats):
@@ -207,16 +227,17 @@ def main() -> None:
                                   "cpu_ms_per_frame": round(cpu_ms, 2), "load": os.getloadavg()}),
                       file=sys.stderr, flush=True)  # fmt: skip
             for cameras in args.cameras:
-                order = [True, False] if (repeat + cameras) % 2 == 0 else [False, True]
+                order = modes if (repeat + cameras) % 2 == 0 else modes[::-1]
                 chosen = [scenes[0 if args.synchronized else i % SHIFTS] for i in range(cameras)]
-                for gated in order:
-                    result = run(bundle, [path for path, _ in chosen], gated, work)
+                for gated, buffer in order:
+                    result = run(bundle, [path for path, _ in chosen], gated, work, buffer_frames=buffer)
                     row = figures(result, [first for _, first in chosen])
-                    runs[cameras]["gated" if gated else "ungated"].append(row)
-                    print(json.dumps({"repeat": repeat, "gated": gated, **row}), file=sys.stderr, flush=True)
+                    runs[cameras][mode_name(gated, buffer)].append(row)
+                    print(json.dumps({"repeat": repeat, "mode": mode_name(gated, buffer), **row}),
+                          file=sys.stderr, flush=True)  # fmt: skip
     report = {"scene": {"seconds": SECONDS, "fps": FPS, "size": [640, 480], "member_visible_pct": 10,
                         "synchronized": args.synchronized}, "cpu_count": os.cpu_count(), "by_cameras": {}}  # fmt: skip
-    best = {"gated": 0, "ungated": 0}
+    best = {mode_name(*mode): 0 for mode in modes}
     for cameras, modes in runs.items():
         entry = {}
         for mode, rows in modes.items():
@@ -231,10 +252,11 @@ def main() -> None:
             }
             if entry[mode]["dropped_pct_median"] <= 1.0:
                 best[mode] = max(best[mode], cameras)
-        gated_t, ungated_t = entry["gated"]["time_to_confirm_s_median"], entry["ungated"]["time_to_confirm_s_median"]
-        entry["time_to_confirm_gated_minus_ungated_s"] = (
-            round(gated_t - ungated_t, 3) if gated_t is not None and ungated_t is not None else None
-        )
+        for buffer in buffers:
+            gated_t = entry[mode_name(True, buffer)]["time_to_confirm_s_median"]
+            ungated_t = entry[mode_name(False, buffer)]["time_to_confirm_s_median"]
+            key = "time_to_confirm_gated_minus_ungated_s" + ("" if len(buffers) == 1 else f"/buffer={buffer}")
+            entry[key] = round(gated_t - ungated_t, 3) if gated_t is not None and ungated_t is not None else None
         report["by_cameras"][str(cameras)] = entry
     report["max_cameras_at_1pct_drop"] = best
     report["cpu_per_frame"] = {}

@@ -66,13 +66,20 @@ class RecognitionConfig(BaseModel):
         return self
 
 
+# Frames a camera may be behind before its oldest is dropped: 0.3 s at 10 fps, enough to catch
+# up after the bursts measured with 16 cameras (docs/device.md), 3 frames of memory per camera.
+BUFFER_FRAMES = 3
+
+
 class CaptureConfig(BaseModel):
-    """How live cameras that are unreachable or stop delivering are retried (docs/device.md)."""
+    """How camera frames are buffered, and how live cameras that are unreachable or stop
+    delivering are retried (docs/device.md)."""
 
     model_config = ConfigDict(extra="forbid")
     reconnect_initial_s: float = Field(default=1.0, gt=0.0, le=60.0)  # first wait, doubling...
     reconnect_max_s: float = Field(default=10.0, gt=0.0, le=600.0)  # ...up to this
     down_after_s: float = Field(default=60.0, gt=0.0, le=86_400.0)  # "reconnecting" this long is "down"
+    buffer_frames: int = Field(default=BUFFER_FRAMES, ge=1, le=30)  # frames a camera may be behind
 
     @model_validator(mode="after")
     def _max_not_below_initial(self) -> CaptureConfig:

@@ -1,11 +1,14 @@
 """Frame sources and the capture thread.
 
 A source is a video file, a camera index ("0"), an rtsp:// or http(s):// stream, or a
-folder of images. Capture runs in its own thread and hands over only the newest frame
-through a one-slot buffer: when processing falls behind, older frames are dropped and
-counted, so memory never grows and the pipeline always works on "now". A recorded
-file read without ``realtime`` is the exception: it is read losslessly (the reader
-waits for the pipeline), which makes test and benchmark runs reproducible.
+folder of images. Capture runs in its own thread and hands frames over, oldest first,
+through a buffer of a few frames (``buffer_frames``, 3 by default): a short burst of work
+(two or three cameras seeing someone at once) is absorbed and caught up on instead of
+losing frames, while a device that stays behind drops the oldest frames, counted, so
+memory stays bounded and the pipeline is never more than ``buffer_frames`` frames behind
+"now". A recorded file read without ``realtime`` is the exception: it is read
+losslessly (the reader waits for the pipeline), which makes test and benchmark runs
+reproducible.
 
 Live cameras come and go (a slow-booting IP camera, a cut cable, a rebooting switch). A
 camera that cannot be opened at start, or stops delivering, is retried in its own thread
@@ -21,6 +24,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,6 +33,7 @@ import cv2
 import numpy as np
 from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wait_exponential
 
+from edge_app.config import BUFFER_FRAMES
 from edge_app.health import RecentRate
 
 log = logging.getLogger(__name__)
@@ -159,7 +164,7 @@ class FrameSource:
 
 
 class Capture(threading.Thread):
-    """Reads one source into a one-slot "newest frame wins" buffer."""
+    """Reads one source into a buffer of the ``buffer_frames`` newest frames, handed out oldest first."""
 
     def __init__(
         self,
@@ -168,8 +173,11 @@ class Capture(threading.Thread):
         realtime: bool = False,
         max_frames: int | None = None,
         reconnect: Reconnect | None = None,
+        buffer_frames: int = BUFFER_FRAMES,
     ) -> None:
         super().__init__(name=f"capture-{camera_id}", daemon=True)
+        if buffer_frames < 1:
+            raise ValueError(f"buffer_frames must be at least 1, got {buffer_frames}")
         self.camera_id = camera_id
         self.source = source
         # Live sources always drop when behind; files only when asked to keep real time.
@@ -185,7 +193,8 @@ class Capture(threading.Thread):
         self.dropped_recent = RecentRate()
         self.finished = threading.Event()
         self._stop_event = threading.Event()
-        self._slot: Frame | None = None
+        self._buffer: deque[Frame] = deque()
+        self.buffer_frames = buffer_frames
         self._cond = threading.Condition()
         # Files are up from the start; a live source once it delivers its first frame.
         self._state: CameraState = "up" if not source.live else "reconnecting"
@@ -198,11 +207,11 @@ class Capture(threading.Thread):
             self._cond.notify_all()
 
     def take(self, timeout: float) -> Frame | None:
-        """The newest frame not yet taken, waiting up to ``timeout``; None if there is none."""
+        """The oldest buffered frame, waiting up to ``timeout``; None if there is none."""
         with self._cond:
-            if self._slot is None:
+            if not self._buffer:
                 self._cond.wait(timeout)
-            frame, self._slot = self._slot, None
+            frame = self._buffer.popleft() if self._buffer else None
             self._cond.notify_all()
         if frame is not None:
             self.taken.add()
@@ -211,7 +220,7 @@ class Capture(threading.Thread):
     @property
     def exhausted(self) -> bool:
         """The source ended and its last frame was taken."""
-        return self.finished.is_set() and self._slot is None
+        return self.finished.is_set() and not self._buffer
 
     def state(self, now: float | None = None) -> tuple[CameraState, float, str | None]:
         """(state, since as a UNIX time, why it is not up). ``down``: not up for ``down_after_s``."""
@@ -262,12 +271,13 @@ class Capture(threading.Thread):
                 )
                 with self._cond:
                     if self.lossless:
-                        while self._slot is not None and not self._stop_event.is_set():
+                        while self._buffer and not self._stop_event.is_set():
                             self._cond.wait(0.5)
-                    elif self._slot is not None:
+                    elif len(self._buffer) >= self.buffer_frames:
+                        self._buffer.popleft()  # the device stayed behind: lose the oldest
                         self.dropped += 1
                         self.dropped_recent.add()
-                    self._slot = frame
+                    self._buffer.append(frame)
                     self._cond.notify_all()
         except Exception as error:  # a decoder crash must end this camera, not the device
             self.error = f"{type(error).__name__}: {error}"

@@ -385,6 +385,7 @@ class EdgeRunner:
                     realtime=self.realtime,
                     max_frames=self.max_frames,
                     reconnect=self._reconnect(),
+                    buffer_frames=self.config.capture.buffer_frames,
                 )
         with self._lock:
             for camera_id, capture in current.items():
