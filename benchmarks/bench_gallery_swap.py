@@ -3,8 +3,9 @@
     python benchmarks/bench_gallery_swap.py [--persons 25000] [--seconds 20] [--rounds 3] [--out FILE]
 
 The frame loop is the device's per-frame path: the real capture thread
-(``edge_app.pipeline.capture.Capture``, "newest frame wins", paced in real time, so a
-frame the loop is too slow for is dropped and counted), YuNet detection, SFace
+(``edge_app.pipeline.capture.Capture`` with a one-frame buffer, "newest frame wins",
+paced in real time, so any stall longer than a frame interval drops a frame and is
+counted; the device's default buffer of 3 frames would hide stalls up to 3 intervals), YuNet detection, SFace
 embedding of each face and a top-5 search of ``LiveGallery.current()``. Frames are
 the shared real test photos letterboxed to 640x480 (read in place, written only to a
 temporary folder). The camera rate is set to half of what the loop sustains when
@@ -77,7 +78,7 @@ def run_condition(frames_dir: Path, fps: float, seconds: float, process, during=
     frames = int(fps * seconds)
     # Loop the folder: list the files again so the capture runs for ``seconds``.
     source._images = (source._images * (frames // len(source._images) + 1))[:frames]
-    capture = Capture("bench", source, realtime=True)
+    capture = Capture("bench", source, realtime=True, buffer_frames=1)
     times: list[float] = []
     stop = threading.Event()
     background = threading.Thread(target=during, args=(stop,), daemon=True) if during else None

@@ -68,8 +68,8 @@ class SimSource:
 
 
 class SimCamera:
-    """A camera at ``fps`` on the simulated clock with the capture's "newest frame wins" slot:
-    frames the device was too busy to take are dropped, as on a real camera."""
+    """A camera at ``fps`` on the simulated clock, as a capture with ``buffer_frames: 1`` ("newest
+    frame wins", the strictest setting): frames the device was too busy to take are dropped."""
 
     def __init__(self, camera_id: str, frames: list[np.ndarray], fps: float, clock: SimClock) -> None:
         self.camera_id = camera_id
