@@ -47,7 +47,7 @@ FRAME_POLICY = QualityPolicy(min_sharpness=0.0)
 def pose(landmarks: np.ndarray) -> tuple[float, float, float]:
     """(yaw, pitch, roll_deg) estimated from the five landmarks; (0, 0.5, 0) is frontal."""
     # Plain floats, not numpy: ten numbers, and this runs for every face the device embeds
-    # (numpy's per-call overhead made it 0.1 ms right after a model call; this is ~10x less).
+    # (right after a model call, numpy's per-call overhead made it 0.12 ms; this takes 0.045).
     (ax, ay), (bx, by), (nx, ny), (max_, may), (mbx, mby) = np.asarray(landmarks, np.float64).tolist()
     eye_mid_x, eye_mid_y = (ax + bx) / 2, (ay + by) / 2
     mouth_mid_x, mouth_mid_y = (max_ + mbx) / 2, (may + mby) / 2

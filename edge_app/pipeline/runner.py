@@ -1,6 +1,6 @@
 """Runs the device: capture threads, the frame loop, the outbox sender and health.
 
-One frame loop serves every camera's newest frames: cameras deciding about a face first,
+One frame loop serves every camera's buffered frames: cameras deciding about a face first,
 the rest round robin (edge_app/pipeline/schedule.py), so an overloaded device still
 confirms people one camera after another; on two cores the capture threads decode while
 the loop runs the models. ``apply_update``
@@ -154,7 +154,8 @@ class EdgeRunner:
         return self.summary()
 
     def _frames(self) -> Iterator[Frame]:
-        """Newest frames of every camera, in the scheduler's order, until all sources end or a stop."""
+        """Frames of every camera (each camera's oldest buffered first), in the scheduler's order,
+        until all sources end or a stop."""
         while not self._stop.is_set():
             with self._lock:
                 captures = list(self.captures.values())
