@@ -333,36 +333,43 @@ class SqliteTables:
             self._local.db = db
         yield db
 
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction taken at once (``BEGIN IMMEDIATE``: read and write without another
+        writer in between), committed on leaving, rolled back if anything is raised."""
+        with self.connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
 
 class SqliteDecisionStore:
     def __init__(self, tables: SqliteTables) -> None:
         self.tables = tables
 
     def claim_cooldown(self, key: str, event_id: str, now_ms: int, cooldown_ms: int, expires_at: int) -> CooldownClaim:
-        with self.tables.connect() as db:
-            db.execute("BEGIN IMMEDIATE")  # read the holder and claim in one write transaction
-            try:
-                row = db.execute(
-                    f"SELECT last_event_id, last_sent_ms FROM cooldown WHERE {COOLDOWN.key} = ?", (key,)
-                ).fetchone()
-                changed = db.execute(
-                    f"""INSERT INTO cooldown ({COOLDOWN.key}, last_sent_ms, last_event_id, expires_at)
-                        VALUES (:key, :now, :event, :expires)
-                        ON CONFLICT ({COOLDOWN.key}) DO UPDATE SET
-                            last_sent_ms = :now, last_event_id = :event, expires_at = :expires
-                        WHERE cooldown.last_sent_ms < :cutoff OR cooldown.last_event_id = :event""",
-                    {
-                        "key": key,
-                        "now": now_ms,
-                        "event": event_id,
-                        "expires": expires_at,
-                        "cutoff": now_ms - cooldown_ms,
-                    },
-                ).rowcount
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self.tables.transaction() as db:  # read the holder and claim in one write transaction
+            row = db.execute(
+                f"SELECT last_event_id, last_sent_ms FROM cooldown WHERE {COOLDOWN.key} = ?", (key,)
+            ).fetchone()
+            changed = db.execute(
+                f"""INSERT INTO cooldown ({COOLDOWN.key}, last_sent_ms, last_event_id, expires_at)
+                    VALUES (:key, :now, :event, :expires)
+                    ON CONFLICT ({COOLDOWN.key}) DO UPDATE SET
+                        last_sent_ms = :now, last_event_id = :event, expires_at = :expires
+                    WHERE cooldown.last_sent_ms < :cutoff OR cooldown.last_event_id = :event""",
+                {
+                    "key": key,
+                    "now": now_ms,
+                    "event": event_id,
+                    "expires": expires_at,
+                    "cutoff": now_ms - cooldown_ms,
+                },
+            ).rowcount
         if changed:
             return CooldownClaim(True, retaken=row is not None and row[0] == event_id)
         return CooldownClaim(False, row[0] if row else None, row[1] if row else None)

@@ -275,83 +275,58 @@ class SqliteReviewStore:
 
     def get(self, review_id: str) -> ReviewRecord | None:
         with self.tables.connect() as db:
-            row = db.execute("SELECT record FROM review WHERE review_id = ?", (review_id,)).fetchone()
+            return self._read(db, review_id)
+
+    @staticmethod
+    def _read(db, review_id: str) -> ReviewRecord | None:
+        row = db.execute("SELECT record FROM review WHERE review_id = ?", (review_id,)).fetchone()
         return ReviewRecord.model_validate_json(row[0]) if row else None
 
     def decide(
         self, review_id: str, state: State, by: str, at: datetime, note: str, plan: DeliveryPlan | None = None
     ) -> ReviewRecord:
-        with self.tables.connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                row = db.execute("SELECT record FROM review WHERE review_id = ?", (review_id,)).fetchone()
-                if row is None:
-                    raise KeyError(review_id)
-                record = ReviewRecord.model_validate_json(row[0])
-                if record.state != State.PENDING:
-                    db.execute("COMMIT")
-                    raise Decided(record)
-                record = _decided(record, state, by, at, note, plan)
-                db.execute(
-                    "UPDATE review SET state = :state, sort_key = :sort_key, record = :record, retry_ms = :retry_ms"
-                    " WHERE review_id = :id AND state = 'pending'",
-                    self._row(record),
-                )
-                db.execute("COMMIT")
-            except Decided:
-                raise
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self.tables.transaction() as db:
+            record = self._read(db, review_id)
+            if record is None:
+                raise KeyError(review_id)
+            if record.state != State.PENDING:
+                raise Decided(record)  # nothing was written: leaving rolls back an empty transaction
+            record = _decided(record, state, by, at, note, plan)
+            db.execute(
+                "UPDATE review SET state = :state, sort_key = :sort_key, record = :record, retry_ms = :retry_ms"
+                " WHERE review_id = :id AND state = 'pending'",
+                self._row(record),
+            )
         return record
 
     def update_deliveries(self, record: ReviewRecord, deliveries: dict[str, Delivery]) -> ReviewRecord | None:
-        with self.tables.connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                row = db.execute("SELECT record FROM review WHERE review_id = ?", (record.review_id,)).fetchone()
-                current = ReviewRecord.model_validate_json(row[0]) if row else None
-                if current is None or current.deliveries_rev != record.deliveries_rev:
-                    db.execute("COMMIT")
-                    return None
-                current = current.model_copy(
-                    update={"deliveries": deliveries, "deliveries_rev": record.deliveries_rev + 1}
-                )
-                db.execute(
-                    "UPDATE review SET record = :record, retry_ms = :retry_ms WHERE review_id = :id", self._row(current)
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self.tables.transaction() as db:
+            current = self._read(db, record.review_id)
+            if current is None or current.deliveries_rev != record.deliveries_rev:
+                return None
+            current = current.model_copy(update={"deliveries": deliveries, "deliveries_rev": record.deliveries_rev + 1})
+            db.execute(
+                "UPDATE review SET record = :record, retry_ms = :retry_ms WHERE review_id = :id", self._row(current)
+            )
         return current
 
     def deliveries_due(self, before_ms: int) -> list[ReviewRecord]:
-        with self.tables.connect() as db:
-            rows = db.execute(
-                "SELECT record FROM review WHERE retry_ms IS NOT NULL AND retry_ms <= ? ORDER BY retry_ms",
-                (before_ms,),
-            ).fetchall()
-        return [ReviewRecord.model_validate_json(row[0]) for row in rows]
+        return self._select(
+            "SELECT record FROM review WHERE retry_ms IS NOT NULL AND retry_ms <= ? ORDER BY retry_ms", [before_ms]
+        )
 
     def mark(self, review_id: str, field: str, at: datetime) -> bool:
         """Set ``field`` once; False if it was already set (someone else did the work)."""
         if field not in MARKS:
             raise ValueError(field)
-        with self.tables.connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                row = db.execute("SELECT record FROM review WHERE review_id = ?", (review_id,)).fetchone()
-                record = ReviewRecord.model_validate_json(row[0])
-                if getattr(record, field) is not None:
-                    db.execute("COMMIT")
-                    return False
-                record = record.model_copy(update={field: at})
-                db.execute("UPDATE review SET record = ? WHERE review_id = ?", (record.model_dump_json(), review_id))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self.tables.transaction() as db:
+            record = self._read(db, review_id)
+            if record is None:
+                raise KeyError(review_id)
+            if getattr(record, field) is not None:
+                return False
+            record = record.model_copy(update={field: at})
+            db.execute("UPDATE review SET record = ? WHERE review_id = ?", (record.model_dump_json(), review_id))
         return True
 
     def page(self, sites: Iterable[str], before: str | None, limit: int) -> list[ReviewRecord]:
@@ -366,16 +341,17 @@ class SqliteReviewStore:
             args.append(before)
         query += " ORDER BY sort_key DESC LIMIT ?"
         args.append(limit)
-        with self.tables.connect() as db:
-            return [ReviewRecord.model_validate_json(row[0]) for row in db.execute(query, args)]
+        return self._select(query, args)
 
     def pending_before(self, created_ms: int) -> list[ReviewRecord]:
+        return self._select(
+            "SELECT record FROM review WHERE state = 'pending' AND created_ms < ? ORDER BY created_ms", [created_ms]
+        )
+
+    def _select(self, query: str, args: list[Any]) -> list[ReviewRecord]:
+        """The records a ``SELECT record ...`` query returns."""
         with self.tables.connect() as db:
-            rows = db.execute(
-                "SELECT record FROM review WHERE state = 'pending' AND created_ms < ? ORDER BY created_ms",
-                (created_ms,),
-            ).fetchall()
-        return [ReviewRecord.model_validate_json(row[0]) for row in rows]
+            return [ReviewRecord.model_validate_json(row[0]) for row in db.execute(query, args).fetchall()]
 
     def count(self, sites: Iterable[str]) -> dict[str, int]:
         sites = sorted(set(sites))
