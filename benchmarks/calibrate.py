@@ -421,9 +421,16 @@ def faces_cross_check(cohort: Cohort, p: np.ndarray, faces_root: Path) -> dict |
     }
 
 
-def tail_table(cohort: Cohort, tails: dict[str, dict], data: CalibrationSet, root: Path) -> dict:
-    """models/impostor_tail.json: p(t) per score kind and its provenance."""
-    return {
+def tail_table(
+    cohort: Cohort, tails: dict[str, dict], data: CalibrationSet, root: Path, previous: dict | None = None
+) -> tuple[dict, dict[str, str]]:
+    """models/impostor_tail.json: p(t) per score kind and its provenance.
+
+    Kinds this calibration does not measure (``track``, from benchmarks/bench_tracks.py) are
+    carried over from ``previous`` when they were measured with the same cohort and grid;
+    otherwise they are stale and left out (``carried_over`` says which, and why).
+    """
+    table = {
         "description": "Per-comparison impostor tail p(t): the chance that a stranger's face scores at least t "
         "against one gallery row (identity-weighted); a stranger searched against N persons matches someone with "
         "probability 1 - (1 - p(t))^N. Where at least "
@@ -440,6 +447,27 @@ def tail_table(cohort: Cohort, tails: dict[str, dict], data: CalibrationSet, roo
             "snorm": {"cohort": cohort.id, "p": [float(f"{v:.4g}") for v in tails["snorm"]["p"]]},
         },
     }
+    kept, dropped = carried_over(previous, cohort.id)
+    table["scores"].update(kept)
+    return table, dropped
+
+
+def carried_over(previous: dict | None, cohort_id: str) -> tuple[dict[str, dict], dict[str, str]]:
+    """The other score kinds of the previous table that still hold, and why the rest do not."""
+    kept: dict[str, dict] = {}
+    dropped: dict[str, str] = {}
+    if not previous:
+        return kept, dropped
+    for kind, entry in previous.get("scores", {}).items():
+        if kind in ("cosine", "snorm"):
+            continue
+        if previous.get("thresholds") != GRID.tolist():
+            dropped[kind] = "the threshold grid changed"
+        elif entry.get("cohort") != cohort_id:
+            dropped[kind] = f"measured with cohort {entry.get('cohort')}, not {cohort_id}"
+        else:
+            kept[kind] = entry
+    return kept, dropped
 
 
 def summary_tail(tail: dict) -> dict:
@@ -500,10 +528,15 @@ def main() -> None:
         report["faces_cross_check"] = faces_cross_check(cohort, p, args.faces)
     report["seconds"] = round(time.perf_counter() - started, 1)
     if args.write:
+        table_path = REPO / "models" / "impostor_tail.json"
+        previous = json.loads(table_path.read_text()) if table_path.exists() else None
+        table, dropped = tail_table(cohort, tails, data, args.data, previous)
         (REPO / "models" / "cohort.npz").write_bytes(cohort.to_bytes())
-        (REPO / "models" / "impostor_tail.json").write_text(
-            json.dumps(tail_table(cohort, tails, data, args.data), indent=1) + "\n"
-        )
+        table_path.write_text(json.dumps(table, indent=1) + "\n")
+        report["written"] = {"kinds": sorted(table["scores"]), "left_out": dropped}
+        for kind, why in dropped.items():
+            # Gallery builds need every kind (enrol.score_spec): say what restores it.
+            print(f"{kind} tail left out ({why}): rerun benchmarks/bench_tracks.py --write", file=sys.stderr)
     text = json.dumps(report, indent=1, default=_json_default)
     if args.out:
         args.out.write_text(text)

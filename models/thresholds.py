@@ -54,9 +54,10 @@ def impostor_tail(score: str = DEFAULT_SCORE) -> tuple[tuple[float, ...], tuple[
     return tuple(table["thresholds"]), tuple(table["scores"][score]["p"])
 
 
-def calibrated_cohort_id() -> str:
-    """The cohort the normalised tail was measured with (models/cohort.npz)."""
-    return _table()["scores"]["snorm"]["cohort"]
+def calibrated_cohort_id(score: str = DEFAULT_SCORE) -> str | None:
+    """The cohort a normalised tail (``snorm``, ``track``) was measured with (models/cohort.npz);
+    None if the table has no such tail."""
+    return _table()["scores"].get(score, {}).get("cohort")
 
 
 def false_match_rate(threshold_index: int, persons: int, score: str = DEFAULT_SCORE) -> float:

@@ -49,6 +49,21 @@ def test_threshold_for_is_the_lowest_grid_value_meeting_the_target():
     assert calibrate.false_alarm_model(p[k], 1_000) <= 1e-3 < calibrate.false_alarm_model(p[k - 1], 1_000)
 
 
+def test_a_recalibration_keeps_the_track_tail_only_while_it_still_holds():
+    # The track tail comes from bench_tracks.py, not from this calibration: --write must not
+    # silently drop it (every gallery build needs it), nor keep it once its cohort is replaced.
+    grid = calibrate.GRID.tolist()
+    track = {"cohort": "cohort-a", "p": [0.0] * len(grid)}
+    previous = {"thresholds": grid, "scores": {"snorm": {"cohort": "cohort-a"}, "track": track}}
+    kept, dropped = calibrate.carried_over(previous, "cohort-a")
+    assert kept == {"track": track} and dropped == {}
+    kept, dropped = calibrate.carried_over(previous, "cohort-b")
+    assert kept == {} and "cohort-a" in dropped["track"]
+    kept, dropped = calibrate.carried_over({**previous, "thresholds": grid[1:]}, "cohort-a")
+    assert kept == {} and "grid" in dropped["track"]
+    assert calibrate.carried_over(None, "cohort-a") == ({}, {})
+
+
 @pytest.fixture(scope="module")
 def face_models():
     from models.recognizer import FaceModels

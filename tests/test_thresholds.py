@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -69,6 +71,22 @@ def test_the_normalised_tables_were_calibrated_with_the_shipped_cohort():
     from models.thresholds import _table
 
     assert _table()["scores"]["track"]["cohort"] == shipped_cohort().id
+
+
+@pytest.mark.parametrize("stale", ["missing", "other cohort"])
+def test_a_gallery_build_refuses_a_stale_track_tail_and_names_the_command(monkeypatch, stale):
+    import models.thresholds as thresholds
+    from edge_app.gallery.bundle import BundleError
+    from sync_service.gallery.enrol import score_spec
+
+    table = json.loads(json.dumps(thresholds._table()))
+    if stale == "missing":
+        del table["scores"]["track"]
+    else:
+        table["scores"]["track"]["cohort"] = "cohort-0000000000000000"
+    monkeypatch.setattr(thresholds, "_table", lambda: table)
+    with pytest.raises(BundleError, match=r"track tail .* rerun benchmarks/bench_tracks.py --write"):
+        score_spec(500)
 
 
 def test_video_tracks_need_more_than_photos_at_every_size():

@@ -229,16 +229,26 @@ def templates(vectors: list[np.ndarray], template: str = TEMPLATE) -> np.ndarray
     return stacked
 
 
+# The normalised tails a gallery's thresholds come from, and the command that measures each.
+CALIBRATION_COMMANDS = {
+    "snorm": "benchmarks/calibrate.py --write",
+    "track": "benchmarks/bench_tracks.py --write",
+}
+
+
 def score_spec(persons: int) -> ScoreSpec:
     """How devices score a gallery of ``persons`` built with this code: S-norm against the
     shipped cohort, with the thresholds calibrated for that many persons (a scope's own size
     for a regional gallery), for photos and for video tracks. Goes into the manifest as ``score``."""
     cohort = shipped_cohort()
-    if cohort.id != calibrated_cohort_id():
-        raise BundleError(
-            f"models/cohort.npz ({cohort.id}) is not the cohort the threshold table was calibrated with "
-            f"({calibrated_cohort_id()}); rerun benchmarks/calibrate.py --write"
-        )
+    for kind, command in CALIBRATION_COMMANDS.items():
+        calibrated = calibrated_cohort_id(kind)
+        if calibrated != cohort.id:
+            measured = f"was calibrated with {calibrated}" if calibrated else "has none"
+            raise BundleError(
+                f"models/cohort.npz is {cohort.id}, but the {kind} tail in models/impostor_tail.json {measured}; "
+                f"rerun {command}"
+            )
     return ScoreSpec(
         kind="snorm",
         cohort=cohort.id,
