@@ -9,6 +9,11 @@ often than others, docs/recognition.md). A file that cannot be used (not an imag
 truncated, too large) gives an error line and the run goes on; the exit status is 1 if
 any image failed, so scripts notice. For an unknown face no gallery person is named: a
 stranger is not linked to anyone, even as "nearest".
+
+Faces are listed with the photo's likely subject first (``"subject": true``): the largest,
+most central confident face, the rule enrolment uses for a gallery photo. A photo of the
+person with others beside them therefore answers for the person first; the others still
+get their own answers.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ import numpy as np
 
 from edge_app.gallery.bundle import BundleError, ModelRef, load_bundle
 from edge_app.gallery.gallery import Gallery
+from models.faces import subject_first
 from models.images import ImageError, load_image
-from models.quality import assess
+from models.quality import DEFAULT_POLICY, assess
 from models.recognizer import FaceModels
 from models.weights import ModelFileError
 
@@ -41,8 +47,9 @@ def expand_paths(paths: Iterable[Path]) -> Iterator[Path]:
 
 
 def identify_image(models: FaceModels, gallery: Gallery, image: np.ndarray, threshold: float) -> list[dict]:
-    """Detect, embed and search every face of one image (in one batch); the gate only flags."""
-    faces = models.detect(image, thorough=True)
+    """Detect, embed and search every face of one image (in one batch), subject first; the gate only flags."""
+    height, width = image.shape[:2]
+    faces = subject_first(models.detect(image, thorough=True), width, height, DEFAULT_POLICY.min_score)
     vectors = np.empty((0, models.dimension), np.float32)
     if faces:
         aligned = [models.align(image, face) for face in faces]  # once, for the gate and the embedding
@@ -50,9 +57,10 @@ def identify_image(models: FaceModels, gallery: Gallery, image: np.ndarray, thre
             assess(face, crop)
         vectors = np.stack([models.embed_aligned(crop) for crop in aligned])
     results = []
-    for face, matches in zip(faces, gallery.search(vectors, k=1), strict=True):
+    for index, (face, matches) in enumerate(zip(faces, gallery.search(vectors, k=1), strict=True)):
         match = matches[0] if matches else None
         entry = {
+            "subject": index == 0,
             "box": [round(float(v), 1) for v in face.box],
             "score": round(float(face.score), 3),
             "quality": face.quality,

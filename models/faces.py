@@ -29,3 +29,17 @@ class Face:
     @property
     def area(self) -> float:
         return float(self.box[2] * self.box[3])
+
+
+def layout_score(face: Face, width: int, height: int) -> float:
+    """Large and central scores high: the subject of a portrait or a press photo."""
+    x, y, w, h = face.box
+    centre_offset = np.hypot((x + w / 2) / width - 0.5, (y + h / 2) / height - 0.5) / np.hypot(0.5, 0.5)
+    return float(np.sqrt(face.area / (width * height)) * (1.0 - 0.7 * centre_offset))
+
+
+def subject_first(faces: list[Face], width: int, height: int, min_score: float) -> list[Face]:
+    """The faces of one photo, its likely subject first: confident detections (``score`` at
+    least ``min_score``) before doubtful ones, each by ``layout_score`` (enrolment's rule for
+    a photo with no other photo of the person to compare with)."""
+    return sorted(faces, key=lambda face: (face.score < min_score, -layout_score(face, width, height)))

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from edge_app.gallery.bundle import load_bundle
 from edge_app.gallery.gallery import Gallery
-from models.faces import Face
+from models.faces import Face, subject_first
 from models.images import load_image
 from models.recognizer import FaceModels
 from models.thresholds import threshold_for_gallery
@@ -51,6 +51,15 @@ def test_without_other_photos_the_central_largest_face_is_taken():
     vectors = [unit(v) for v in np.random.default_rng(2).normal(size=(2, 128))]
     candidates = [Candidate(face_at(10, 10, 80), vectors[0]), Candidate(face_at(420, 320, 200), vectors[1])]
     assert choose_subject(candidates, (1000, 800), reference=None) == (1, None)
+
+
+def test_subject_first_orders_confident_faces_by_layout_then_doubtful_ones():
+    corner = face_at(10, 10, 80)
+    centre = face_at(420, 320, 200)
+    doubtful = Face(box=(400, 300, 260, 260), landmarks=np.zeros((5, 2), np.float32), score=0.5)
+    ordered = subject_first([corner, doubtful, centre], 1000, 800, min_score=0.7)
+    assert ordered == [centre, corner, doubtful]
+    assert subject_first([], 1000, 800, min_score=0.7) == []
 
 
 def test_close_calls_are_flagged_ambiguous():

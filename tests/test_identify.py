@@ -6,10 +6,13 @@ import json
 import struct
 import zlib
 
+import cv2
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from edge_app.identify import identify_command
+from models.images import load_image
 from models.thresholds import DEFAULT_THRESHOLD, threshold_for_gallery
 from sync_service.gallery.cli import gallery_group
 
@@ -67,6 +70,26 @@ def test_enrolled_person_matches_and_stranger_is_unknown(bundle, faces_dir):
     assert match["flags"] == ""
     unknown = lines[1]["faces"][0]
     assert unknown["decision"] == "unknown" and unknown["person_id"] is None and unknown["similarity"] < 0.6
+
+
+def test_the_photos_subject_is_answered_first(bundle, faces_dir, tmp_path):
+    # Kevin Sussman large and central, Barack Obama small in a corner. The detector ranks
+    # Obama's face first; the answer lists the photo's subject first (enrolment's rule), so a
+    # caller reading one answer per photo gets the person the photo is of. Both are answered.
+    canvas = np.full((600, 800, 3), 127, np.uint8)
+    subject = load_image(faces_dir / "gallery" / "kevin_sussman" / "8.jpg")
+    other = load_image(faces_dir / "gallery" / "barack_obama" / "3.jpg")
+    subject = cv2.resize(subject, (300, round(300 * subject.shape[0] / subject.shape[1])))[:600]
+    other = cv2.resize(other, (160, round(160 * other.shape[0] / other.shape[1])))
+    top = (600 - subject.shape[0]) // 2
+    canvas[top : top + subject.shape[0], 250:550] = subject
+    canvas[20 : 20 + other.shape[0], 20 : 20 + other.shape[1]] = other
+    photo = tmp_path / "two.png"
+    cv2.imwrite(str(photo), canvas)
+    result, (line,) = run(bundle, photo)
+    assert result.exit_code == 0, result.output
+    assert [face["person_id"] for face in line["faces"]] == ["kevin_sussman", "barack_obama"]
+    assert [face["subject"] for face in line["faces"]] == [True, False]
 
 
 def test_threshold_option_changes_the_decision(bundle, faces_dir):

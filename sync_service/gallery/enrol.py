@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from edge_app.gallery.bundle import BundleError, ModelRef, PersonRow, ScoreSpec, write_bundle
 from edge_app.gallery.search import choose_search, index_files
-from models.faces import Face
+from models.faces import Face, layout_score
 from models.images import ImageError, load_image
 from models.quality import DEFAULT_POLICY
 from models.recognizer import FaceModels
@@ -139,13 +139,6 @@ def photo_candidates(models: FaceModels, image: np.ndarray) -> tuple[list[Candid
     faces = models.gate(models.detect(image, thorough=True), image)
     confident = [face for face in faces if face.score >= DEFAULT_POLICY.min_score]
     return [Candidate(face, models.embed_template(image, face)) for face in confident or faces], faces
-
-
-def layout_score(face: Face, width: int, height: int) -> float:
-    """Large and central scores high: the subject of a portrait or a press photo."""
-    x, y, w, h = face.box
-    centre_offset = np.hypot((x + w / 2) / width - 0.5, (y + h / 2) / height - 0.5) / np.hypot(0.5, 0.5)
-    return float(np.sqrt(face.area / (width * height)) * (1.0 - 0.7 * centre_offset))
 
 
 def choose_subject(
