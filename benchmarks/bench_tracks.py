@@ -163,12 +163,18 @@ def record_clip(models, pair, clip: int, work: Path) -> list[dict]:
     return records
 
 
+def recording_key(models, people: list[tuple[str, Path, str]]) -> str:
+    """The recording cache's key: what was recorded (who walks, the bytes of their photo, in
+    which order) and with which models; not where the photos or the checkout are, so the
+    same recording is found from any clone (a miss costs ~25 minutes of recording)."""
+    walks = [[identity, hashlib.sha256(photo.read_bytes()).hexdigest(), source] for identity, photo, source in people]
+    content = json.dumps([RECORD_VERSION, models.detector_ref, models.embedder_ref, walks])
+    return hashlib.sha256(content.encode()).hexdigest()[:16]
+
+
 def record_all(models, limit: int | None = None) -> list[dict]:
     people = walkers()[: limit and 2 * limit]
-    key = hashlib.sha256(
-        json.dumps([RECORD_VERSION, models.detector_ref, models.embedder_ref, [str(p[1]) for p in people]]).encode()
-    ).hexdigest()[:16]
-    path = cache_dir() / f"tracks-{key}.npz"
+    path = cache_dir() / f"tracks-{recording_key(models, people)}.npz"
     done = _read_tracks(path)
     clips = [people[i : i + 2] for i in range(0, len(people), 2)]
     todo = [c for c in range(len(clips)) if c not in {r["clip"] for r in done} | _empty_clips(path)]

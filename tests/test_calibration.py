@@ -64,6 +64,28 @@ def test_a_recalibration_keeps_the_track_tail_only_while_it_still_holds():
     assert calibrate.carried_over(None, "cohort-a") == ({}, {})
 
 
+def test_the_walk_recording_cache_is_keyed_by_content_not_location(tmp_path):
+    # A clone elsewhere (or data mounted elsewhere) must find the same 25-minute recording.
+    from types import SimpleNamespace
+
+    from benchmarks.bench_tracks import recording_key
+
+    models = SimpleNamespace(detector_ref={"id": "d", "sha256": "1"}, embedder_ref={"id": "e", "sha256": "2"})
+    here, there = tmp_path / "here", tmp_path / "there"
+    for folder in (here, there):
+        folder.mkdir()
+        (folder / "a.jpg").write_bytes(b"photo a")
+        (folder / "b.jpg").write_bytes(b"photo b")
+    people = [("Ann", here / "a.jpg", "lfw"), ("Bob", here / "b.jpg", "lfw")]
+    moved = [("Ann", there / "a.jpg", "lfw"), ("Bob", there / "b.jpg", "lfw")]
+    assert recording_key(models, people) == recording_key(models, moved)
+    (there / "b.jpg").write_bytes(b"another photo")
+    assert recording_key(models, people) != recording_key(models, moved)
+    assert recording_key(models, people) != recording_key(models, people[::-1]), "the walk order is recorded too"
+    other_models = SimpleNamespace(detector_ref=models.detector_ref, embedder_ref={"id": "e", "sha256": "3"})
+    assert recording_key(models, people) != recording_key(other_models, people)
+
+
 @pytest.fixture(scope="module")
 def face_models():
     from models.recognizer import FaceModels
