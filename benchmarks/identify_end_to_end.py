@@ -11,6 +11,10 @@ operator (or an evaluator) would, on a labelled folder ``<person>/<photo>`` (def
 - ``--single-enrolled`` of the one-photo people (a fixed random choice) are enrolled too,
   so the gallery is thousands strong; the remaining one-photo people are strangers.
 
+Folders known to hold one person under two names (benchmarks/calibrate.py's label merges)
+count as one person. ``--data ../shared/data/faces/gallery --single-enrolled 0`` runs the
+same on the stock, family and press photo set (41 persons, 35 strangers).
+
 A photo can hold several faces (press photos: a colleague, a spouse, a team-mate who may
 be in the gallery too). ``mpd identify`` answers every face, subject first. Three readings:
 
@@ -38,19 +42,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.calibrate import TWINS  # noqa: E402
+from benchmarks.calibrate import FACES_LABEL_MERGES, LABEL_MERGES, TWINS  # noqa: E402
 from benchmarks.face_cache import IMAGE_SUFFIXES, LFW_CALIBRATION  # noqa: E402
 
 MPD = Path(sys.executable).with_name("mpd")
 BATCH = 400  # photos per `mpd identify` call: bounds the command line
+MERGES = {**LABEL_MERGES, **FACES_LABEL_MERGES}
 
 
 def plan(root: Path, single_enrolled: int, seed: int) -> dict:
-    photos = {
-        person.name: sorted(p for p in person.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        for person in sorted(root.iterdir())
-        if person.is_dir()
-    }
+    photos: dict[str, list[Path]] = {}
+    for person in sorted(root.iterdir()):
+        if person.is_dir():  # folders known to be one person (LABEL_MERGES) are one person here too
+            photos.setdefault(MERGES.get(person.name, person.name), []).extend(
+                sorted(p for p in person.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            )
     multi = [name for name, files in photos.items() if len(files) >= 2]
     single = [name for name, files in photos.items() if len(files) == 1]
     random.Random(seed).shuffle(single)
