@@ -38,6 +38,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -371,9 +372,14 @@ def calibrate(data: CalibrationSet, description: str) -> tuple[Cohort, dict[str,
     return cohort, tails
 
 
+def people_halves(data: CalibrationSet, seed: int = 1) -> np.ndarray:
+    """A random half of the people (True) against the other: the cross-validation split."""
+    return np.random.default_rng(seed).random(len(data.names)) < 0.5
+
+
 def cross_validation(data: CalibrationSet, sizes=(100, 500, 1_000), draws: int = 10, seed: int = 1) -> list[dict]:
     """Cohort and tail from one half of the people, galleries from the other; both ways."""
-    halves = np.random.default_rng(seed).random(len(data.names)) < 0.5
+    halves = people_halves(data, seed)
     results = []
     for name, calibrate_on in (("calibrate on half 1, evaluate on half 2", halves), ("the reverse", ~halves)):
         train = data.subset(calibrate_on[data.identity])
@@ -447,19 +453,21 @@ def tail_table(
             "snorm": {"cohort": cohort.id, "p": [float(f"{v:.4g}") for v in tails["snorm"]["p"]]},
         },
     }
-    kept, dropped = carried_over(previous, cohort.id)
+    kept, dropped = carried_over(previous, cohort.id, measured=table["scores"])
     table["scores"].update(kept)
     return table, dropped
 
 
-def carried_over(previous: dict | None, cohort_id: str) -> tuple[dict[str, dict], dict[str, str]]:
-    """The other score kinds of the previous table that still hold, and why the rest do not."""
+def carried_over(
+    previous: dict | None, cohort_id: str, measured: Iterable[str] = ("cosine", "snorm")
+) -> tuple[dict[str, dict], dict[str, str]]:
+    """The score kinds of the previous table not ``measured`` now that still hold, and why the rest do not."""
     kept: dict[str, dict] = {}
     dropped: dict[str, str] = {}
     if not previous:
         return kept, dropped
     for kind, entry in previous.get("scores", {}).items():
-        if kind in ("cosine", "snorm"):
+        if kind in measured:
             continue
         if previous.get("thresholds") != GRID.tolist():
             dropped[kind] = "the threshold grid changed"
@@ -534,9 +542,12 @@ def main() -> None:
         (REPO / "models" / "cohort.npz").write_bytes(cohort.to_bytes())
         table_path.write_text(json.dumps(table, indent=1) + "\n")
         report["written"] = {"kinds": sorted(table["scores"]), "left_out": dropped}
+        from sync_service.gallery.enrol import CALIBRATION_COMMANDS
+
         for kind, why in dropped.items():
             # Gallery builds need every kind (enrol.score_spec): say what restores it.
-            print(f"{kind} tail left out ({why}): rerun benchmarks/bench_tracks.py --write", file=sys.stderr)
+            command = CALIBRATION_COMMANDS.get(kind, "the benchmark that measures it")
+            print(f"{kind} tail left out ({why}): rerun {command}", file=sys.stderr)
     text = json.dumps(report, indent=1, default=_json_default)
     if args.out:
         args.out.write_text(text)

@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.calibrate import FACES_LABEL_MERGES, LABEL_MERGES, TWINS  # noqa: E402
 from benchmarks.face_cache import IMAGE_SUFFIXES, LFW_CALIBRATION  # noqa: E402
+from edge_app.gallery.bundle import read_manifest  # noqa: E402
 
 MPD = Path(sys.executable).with_name("mpd")
 BATCH = 400  # photos per `mpd identify` call: bounds the command line
@@ -109,13 +110,13 @@ def main() -> None:
         if build.returncode:
             sys.exit(f"mpd gallery build failed:\n{build.stderr[-2000:]}")
         build_seconds = round(time.perf_counter() - started, 1)
-        score = json.loads((bundle / "manifest.json").read_text())["score"]
+        threshold = read_manifest(bundle).score.threshold
         probes = identify(bundle, [path for _, path in chosen["probes"]])
         strangers = identify(bundle, [path for _, path in chosen["strangers"]])
     report: dict = {
         "data": f"{args.data.name}: {len(chosen['gallery'])} persons enrolled, {len(chosen['probes'])} probe photos, "
         f"{len(chosen['strangers'])} stranger photos",
-        "threshold": score["threshold"],
+        "threshold": threshold,
         "build_seconds": build_seconds,
         "errors": sorted(
             str(path)

@@ -238,7 +238,7 @@ def main() -> None:
         "in_sample": {n: compare(both, cohort, dlib_cohort, n, args.draws) for n in args.sizes},
         "split_half": {},
     }  # fmt: skip
-    halves = np.random.default_rng(1).random(len(data.names)) < 0.5  # calibrate.cross_validation's split
+    halves = calibrate.people_halves(data)
     for name, fit_on in (("fit half 1, evaluate half 2", halves), ("fit half 2, evaluate half 1", ~halves)):
         train, test = both.subset(fit_on[both.identity]), both.subset(~fit_on[both.identity])
         runs = compare(test, *fit_both(train, "half"), SPLIT_SIZE, args.draws)
